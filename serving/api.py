@@ -1,0 +1,337 @@
+"""The OpenAI-compatible HTTP surface: routes, error mapping, auth and body limits.
+
+Routes stay thin: they pick the handler and send what it returns (a JSON body, an SSE
+stream or an error). Everything here is installed on an app by :func:`install`, so the
+search app mounts the same surface the standalone model server has.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import logging
+from collections.abc import AsyncIterator, Awaitable, Iterable
+from typing import Annotated, Any, TypeVar
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from serving.errors import (
+    AuthenticationError,
+    BadRequestError,
+    PayloadTooLargeError,
+    ServingError,
+    error_body,
+)
+from serving.handlers import OpenAIServing
+from serving.metrics import ServingMetrics
+from serving.protocol import (
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    CompletionRequest,
+    CompletionResponse,
+    EmbeddingData,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    EmbeddingUsage,
+    ErrorResponse,
+    ModelCard,
+    ModelList,
+)
+from serving.registry import ModelRegistry
+
+__all__ = ["ApiKeyMiddleware", "BodySizeLimitMiddleware", "install", "router"]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 429, 500, 503)
+}
+router = APIRouter(responses=_ERRORS)
+
+
+def _registry(request: Request) -> ModelRegistry:
+    return request.app.state.registry
+
+
+def _serving(request: Request) -> OpenAIServing:
+    return request.app.state.openai_serving
+
+
+def _metrics(request: Request) -> ServingMetrics:
+    return request.app.state.serving_metrics
+
+
+RegistryDep = Annotated[ModelRegistry, Depends(_registry)]
+ServingDep = Annotated[OpenAIServing, Depends(_serving)]
+MetricsDep = Annotated[ServingMetrics, Depends(_metrics)]
+
+
+async def _until_disconnect(request: Request, work: Awaitable[T]) -> T:
+    """Run ``work`` but cancel it when the client goes away (it aborts in the engine)."""
+    task = asyncio.ensure_future(work)
+
+    async def watch() -> None:
+        while True:
+            message = await request.receive()
+            if message["type"] == "http.disconnect":
+                return
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            return task.result()
+        task.cancel()
+        raise asyncio.CancelledError("client disconnected")
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+
+
+def _send(result: Any, metrics: ServingMetrics, endpoint: str) -> Response:
+    if isinstance(result, AsyncIterator):
+        async def counted() -> AsyncIterator[str]:
+            status = "error"
+            try:
+                async for line in result:
+                    if line.startswith('data: {"error"'):
+                        status = "stream_error"
+                    yield line
+                status = "ok" if status != "stream_error" else status
+            finally:
+                metrics.requests.labels(endpoint, status if status != "error" else
+                                        "disconnected").inc()
+                aclose = getattr(result, "aclose", None)
+                if aclose is not None:
+                    await aclose()
+
+        return StreamingResponse(counted(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache",
+                                          "X-Accel-Buffering": "no"})
+    metrics.requests.labels(endpoint, "ok").inc()
+    return JSONResponse(result.model_dump(mode="json"))
+
+
+@router.get("/v1/models", response_model=ModelList, tags=["openai"])
+async def list_models(registry: RegistryDep) -> ModelList:
+    registry.default_engine  # 503 while loading  # noqa: B018
+    cards = [ModelCard(id=name, owned_by=e.info.owned_by, max_model_len=e.info.context_length,
+                       context_length=e.info.context_length)
+             for name, e in registry.engines.items()]
+    cards += [ModelCard(id=name, max_model_len=e.model.max_seq_length,
+                        context_length=e.model.max_seq_length)
+              for name, e in registry.embedders.items()]
+    return ModelList(data=cards)
+
+
+@router.post("/v1/chat/completions", response_model=ChatCompletionResponse, tags=["openai"],
+             responses={200: {"content": {"text/event-stream": {}}}})
+async def chat_completions(body: ChatCompletionRequest, request: Request,
+                           serving: ServingDep, metrics: MetricsDep) -> Response:
+    return _send(await _until_disconnect(request, serving.chat(body)), metrics, "chat")
+
+
+@router.post("/v1/completions", response_model=CompletionResponse, tags=["openai"],
+             responses={200: {"content": {"text/event-stream": {}}}})
+async def completions(body: CompletionRequest, request: Request, serving: ServingDep,
+                      metrics: MetricsDep) -> Response:
+    return _send(await _until_disconnect(request, serving.completions(body)), metrics,
+                 "completions")
+
+
+@router.post("/v1/embeddings", response_model=EmbeddingResponse, tags=["openai"])
+async def embeddings(body: EmbeddingRequest, registry: RegistryDep, metrics: MetricsDep
+                     ) -> EmbeddingResponse:
+    embedder = registry.embedder(body.model)
+    if body.dimensions is not None and body.dimensions != embedder.dimensions:
+        raise BadRequestError(f"This model has {embedder.dimensions} dimensions; "
+                              "`dimensions` cannot change that.", param="dimensions")
+    inputs = body.inputs
+    if any(not text for text in inputs):
+        raise BadRequestError("input must not contain empty strings", param="input")
+    vectors, tokens = await embedder.embed(inputs)
+    data = [
+        EmbeddingData(index=i, embedding=(base64.b64encode(v.astype("<f4").tobytes()).decode()
+                                          if body.encoding_format == "base64" else v.tolist()))
+        for i, v in enumerate(vectors)
+    ]
+    metrics.requests.labels("embeddings", "ok").inc()
+    return EmbeddingResponse(data=data, model=body.model,
+                             usage=EmbeddingUsage(prompt_tokens=tokens, total_tokens=tokens))
+
+
+@router.get("/health", tags=["ops"], responses={503: {"model": ErrorResponse}})
+async def health(registry: RegistryDep) -> Response:
+    registry.default_engine  # raises EngineNotReadyError (503) while loading  # noqa: B018
+    return JSONResponse({"status": "ok", "models": registry.names()})
+
+
+@router.get("/metrics", tags=["ops"], response_class=Response)
+async def metrics_endpoint(metrics: MetricsDep) -> Response:
+    return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+# --- errors ---------------------------------------------------------------------------
+
+def _error_response(status: int, body: dict[str, Any]) -> JSONResponse:
+    return JSONResponse(body, status_code=status)
+
+
+async def _serving_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ServingError)
+    if exc.status_code >= 500:
+        log.warning("%s %s -> %d: %s", request.method, request.url.path, exc.status_code,
+                    exc.message)
+    metrics: ServingMetrics | None = getattr(request.app.state, "serving_metrics", None)
+    if metrics is not None and request.url.path.startswith("/v1/"):
+        metrics.requests.labels(request.url.path.rsplit("/", 1)[-1],
+                                str(exc.status_code)).inc()
+    headers = {"Retry-After": "1"} if exc.status_code in (429, 503) else None
+    response = _error_response(exc.status_code, exc.to_dict())
+    if headers:
+        response.headers.update(headers)
+    return response
+
+
+def _describe(errors: Iterable[dict[str, Any]]) -> tuple[str, str | None]:
+    messages, param = [], None
+    for err in errors:
+        loc = [str(p) for p in err.get("loc", ()) if p != "body"]
+        where = ".".join(loc)
+        if param is None and loc:
+            param = loc[0]
+        msg = err.get("msg", "invalid value")
+        if err.get("type") == "json_invalid":
+            return "The request body is not valid JSON: " + str(
+                err.get("ctx", {}).get("error", msg)), None
+        messages.append(f"{where}: {msg}" if where else msg)
+    return "; ".join(messages) or "Invalid request.", param
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    message, param = _describe(exc.errors())
+    return _error_response(400, error_body(message, "invalid_request_error", 400, param))
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    kind = {401: "authentication_error", 404: "not_found_error",
+            405: "invalid_request_error"}.get(exc.status_code, "invalid_request_error")
+    return _error_response(exc.status_code, error_body(str(exc.detail), kind, exc.status_code))
+
+
+# --- middleware -----------------------------------------------------------------------
+
+class ApiKeyMiddleware:
+    """Bearer keys on /v1 paths; keys kept only as SHA-256 digests, compared in constant time.
+
+    Health and metrics stay open (as in vLLM) for load balancers and Prometheus.
+    """
+
+    def __init__(self, app: ASGIApp, api_keys: Iterable[str], protected_prefixes:
+                 tuple[str, ...] = ("/v1",)) -> None:
+        self.app = app
+        self._digests = [hashlib.sha256(k.encode()).digest() for k in api_keys if k]
+        self._prefixes = protected_prefixes
+
+    def _authorized(self, header: str | None) -> bool:
+        if not header or not header.lower().startswith("bearer "):
+            return False
+        digest = hashlib.sha256(header[7:].strip().encode()).digest()
+        ok = False
+        for expected in self._digests:  # no early exit: time does not tell which key
+            ok |= hmac.compare_digest(digest, expected)
+        return ok
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (scope["type"] != "http" or not self._digests or scope["method"] == "OPTIONS"
+                or not scope["path"].startswith(self._prefixes)):
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1")
+                   for k, v in scope.get("headers", [])}
+        if self._authorized(headers.get("authorization")):
+            await self.app(scope, receive, send)
+            return
+        err = AuthenticationError("Invalid or missing API key. Send it as "
+                                  "`Authorization: Bearer <key>`.")
+        response = _error_response(401, err.to_dict())
+        response.headers["WWW-Authenticate"] = "Bearer"
+        await response(scope, receive, send)
+
+
+class BodySizeLimitMiddleware:
+    """Refuse bodies over ``max_bytes`` with a 413, by header or while reading."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        too_large = PayloadTooLargeError(
+            f"The request body is larger than the limit of {self.max_bytes} bytes.")
+        for key, value in scope.get("headers", []):
+            if key == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
+                await _error_response(413, too_large.to_dict())(scope, receive, send)
+                return
+        seen = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise _BodyTooLarge
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except _BodyTooLarge:
+            if not started:
+                await _error_response(413, too_large.to_dict())(scope, receive, send)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+def install(app: FastAPI, *, api_keys: Iterable[str] = (), cors_origins: Iterable[str] = (),
+            max_body_bytes: int = 8 * 1024 * 1024) -> None:
+    """Add the OpenAI routes, error handlers and middleware to ``app``.
+
+    The app must set ``state.registry``, ``state.openai_serving`` and
+    ``state.serving_metrics`` (see :func:`serving.app.serving_state`).
+    """
+    app.include_router(router)
+    app.add_exception_handler(ServingError, _serving_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=max_body_bytes)
+    keys = [k for k in api_keys if k]
+    if keys:
+        app.add_middleware(ApiKeyMiddleware, api_keys=keys)
+    origins = list(cors_origins)
+    if origins:
+        app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["*"],
+                           allow_headers=["*"], allow_credentials="*" not in origins)

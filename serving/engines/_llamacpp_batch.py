@@ -1,0 +1,460 @@
+"""The llama.cpp decode loop: one thread, one context, many sequences per ``llama_decode``.
+
+Why a dedicated thread: a llama.cpp context is not thread-safe and ``llama_decode``
+blocks for milliseconds, so exactly one thread owns the context and everything that
+touches it (batch, KV memory, sampling). The asyncio side only appends to a locked
+queue and receives chunks through ``loop.call_soon_threadsafe``, once per decode step
+and loop, so the event loop is never blocked and never woken once per token per request.
+
+Each step packs, in this order, into one ``llama_batch`` of at most ``n_batch`` tokens:
+
+1. every generating sequence's last sampled token, plus up to ``k`` prompt-lookup draft
+   tokens (all with logits);
+2. prompt chunks of newly admitted sequences, first come first served, in the room left
+   (logits only on a prompt's last token).
+
+After the decode every sequence samples with its own sampler chain. Drafts are verified
+by sampling at each drafted position and accepting while the sample equals the draft, so
+the output is exactly what plain decoding would produce (same sampler calls, same RNG
+draws); rejected positions are removed from the KV memory with ``llama_memory_seq_rm``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import ctypes
+import logging
+import threading
+from collections import deque
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+import llama_cpp
+
+from serving.engines.base import FinishReason, GenerationChunk
+from serving.errors import EngineError, EngineNotReadyError, OverloadedError
+
+__all__ = ["ABORTED", "BatchWorker", "PromptLookup", "Sequence", "StopMatcher"]
+
+logger = logging.getLogger(__name__)
+
+# Prompt lookup: n-gram sizes tried, longest first. A 1-gram match is too weak a signal
+# on a CPU, where verifying even one extra token costs about as much as a decode step.
+LOOKUP_MAX_NGRAM = 4
+LOOKUP_MIN_NGRAM = 2
+# How long the worker sleeps when idle before re-checking its queues (it is woken early
+# on every submission, abort and shutdown).
+IDLE_WAIT_S = 0.5
+
+ABORTED = object()  # sentinel delivered to an aborted request's queue: the stream ends
+
+
+class StopMatcher:
+    """Cuts the text at the first stop string, holding back a possible partial match.
+
+    Why hold back: a stop string can arrive split over several tokens; text that could
+    be its beginning is kept until the next token settles it, so no stop string (or
+    piece of one) is ever streamed.
+    """
+
+    def __init__(self, stops: list[str]) -> None:
+        self._stops = [s for s in stops if s]
+        self._held = ""
+
+    def feed(self, text: str) -> tuple[str, bool]:
+        """Return (text safe to emit, whether a stop string was hit)."""
+        buf = self._held + text
+        cut = min((i for i in (buf.find(s) for s in self._stops) if i >= 0), default=-1)
+        if cut >= 0:
+            self._held = ""
+            return buf[:cut], True
+        hold = 0
+        for s in self._stops:
+            for k in range(min(len(s) - 1, len(buf)), hold, -1):
+                if buf.endswith(s[:k]):
+                    hold = k
+                    break
+        self._held = buf[len(buf) - hold:] if hold else ""
+        return buf[: len(buf) - hold], False
+
+    def flush(self) -> str:
+        held, self._held = self._held, ""
+        return held
+
+
+class PromptLookup:
+    """N-gram index over a sequence's prompt and output that proposes draft tokens.
+
+    ``_index[n]`` maps each n-gram to the position right after its latest occurrence
+    whose continuation is known, so a lookup is O(1) per n-gram size and appending a
+    token costs one dict update per size: no per-step scan of the whole history.
+    """
+
+    def __init__(self, tokens: list[int]) -> None:
+        self.tokens: list[int] = []
+        self._index: dict[int, dict[tuple[int, ...], int]] = {
+            n: {} for n in range(LOOKUP_MIN_NGRAM, LOOKUP_MAX_NGRAM + 1)}
+        for tok in tokens:
+            self.append(tok)
+
+    def append(self, token: int) -> None:
+        toks = self.tokens
+        i = len(toks)
+        for n, index in self._index.items():
+            if i >= n:
+                index[tuple(toks[i - n:i])] = i
+        toks.append(token)
+
+    def draft(self, k: int) -> list[int]:
+        """Up to ``k`` tokens that followed the longest earlier match of the tail."""
+        toks = self.tokens
+        for n in range(LOOKUP_MAX_NGRAM, LOOKUP_MIN_NGRAM - 1, -1):
+            if len(toks) <= n:
+                continue
+            j = self._index[n].get(tuple(toks[-n:]))
+            if j is not None:
+                return toks[j:j + k]
+        return []
+
+
+@dataclass(eq=False)
+class Sequence:
+    """One request's state. Loop-side fields first; the rest belong to the worker."""
+
+    request_id: str
+    prompt: list[int]
+    max_tokens: int
+    sampler: Any  # llama_sampler*; owned (freed) by whoever holds the sequence last
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue[Any]
+    stop: StopMatcher | None = None
+    lookup: PromptLookup | None = None
+    ignore_eos: bool = False
+    done: bool = False  # set by the worker once the last item is queued
+    # worker-only state
+    slot: int = -1
+    n_past: int = 0  # tokens in the KV memory
+    last_token: int | None = None  # sampled but not yet decoded
+    out_idx: int = -1  # batch index of the first output this step (-1: none)
+    drafts: list[int] = field(default_factory=list)
+    completion_tokens: int = 0
+    decoder: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
+
+    def free_sampler(self) -> None:
+        if self.sampler is not None:
+            llama_cpp.llama_sampler_free(self.sampler)
+            self.sampler = None
+
+
+class BatchWorker:
+    """Owns the llama.cpp context and runs the continuous-batching loop in a thread."""
+
+    def __init__(self, *, model: Any, ctx: Any, vocab: Any, n_batch: int, n_seq_max: int,
+                 max_queue: int, draft_tokens: int) -> None:
+        self._model, self._ctx, self._vocab = model, ctx, vocab
+        self._mem = llama_cpp.llama_get_memory(ctx)
+        self._n_batch = n_batch
+        self._batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
+        self._n_seq_max = n_seq_max
+        self._max_queue = max_queue
+        self._k = draft_tokens
+        self._free_slots = list(range(n_seq_max - 1, -1, -1))
+        self._active: list[Sequence] = []
+        self._pieces: dict[int, bytes] = {}
+        self._piece_buf = ctypes.create_string_buffer(256)
+        # shared with the event loop, guarded by _lock
+        self._lock = threading.Lock()
+        self._waiting: deque[Sequence] = deque()
+        self._aborts: dict[str, list[Future[None]]] = {}
+        self._n_running = 0
+        self._closing = False
+        self._wake = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="llamacpp-batch", daemon=True)
+
+    # ---- called from the event loop -----------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def load(self) -> tuple[int, int]:
+        with self._lock:
+            return self._n_running, len(self._waiting)
+
+    def is_full(self) -> bool:
+        with self._lock:
+            return self._n_running + len(self._waiting) >= self._n_seq_max + self._max_queue
+
+    def submit(self, seq: Sequence) -> None:
+        """Queue a sequence (FIFO) or raise: the queue is bounded for back-pressure."""
+        with self._lock:
+            if self._closing:
+                raise EngineNotReadyError("The llama.cpp engine is shutting down.")
+            if self._n_running + len(self._waiting) >= self._n_seq_max + self._max_queue:
+                raise OverloadedError(
+                    f"The server is busy ({self._n_running} running, {len(self._waiting)} "
+                    "waiting). Please retry later.")
+            self._waiting.append(seq)
+        self._wake.set()
+
+    def abort(self, request_id: str) -> Future[None]:
+        """Ask the worker to drop a request; the future resolves once it is gone."""
+        fut: Future[None] = Future()
+        with self._lock:
+            for seq in self._waiting:  # never admitted: drop it here and now
+                if seq.request_id == request_id:
+                    self._waiting.remove(seq)
+                    seq.free_sampler()
+                    self._finish_silently(seq)
+                    fut.set_result(None)
+                    return fut
+            self._aborts.setdefault(request_id, []).append(fut)
+        self._wake.set()
+        return fut
+
+    def close(self, timeout: float) -> None:
+        with self._lock:
+            self._closing = True
+        self._wake.set()
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise EngineError("the llama.cpp worker did not stop in time")
+
+    # ---- worker thread ----------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            while True:
+                try:
+                    if not self._sync():
+                        break
+                    if not self._active:
+                        self._wake.wait(IDLE_WAIT_S)
+                        self._wake.clear()
+                        continue
+                    self._step()
+                except Exception as exc:  # keep serving: fail what was in flight
+                    logger.exception("llama.cpp batch step failed")
+                    for seq in list(self._active):
+                        self._finish(seq, error=EngineError(f"llama.cpp failed: {exc}"))
+        finally:
+            self._shutdown()
+
+    def _sync(self) -> bool:
+        """Apply aborts and admit waiting sequences; False once the engine is closing."""
+        with self._lock:
+            if self._closing:
+                return False
+            aborts, self._aborts = self._aborts, {}
+            admitted: list[Sequence] = []
+            while self._waiting and self._free_slots:
+                seq = self._waiting.popleft()
+                seq.slot = self._free_slots.pop()
+                admitted.append(seq)
+                self._n_running += 1
+        self._active.extend(admitted)
+        for request_id, futures in aborts.items():
+            for seq in [s for s in self._active if s.request_id == request_id]:
+                self._finish(seq, aborted=True)
+            for fut in futures:
+                fut.set_result(None)
+        return True
+
+    def _add(self, i: int, token: int, pos: int, slot: int, logits: bool) -> None:
+        b = self._batch
+        b.token[i] = token
+        b.pos[i] = pos
+        b.n_seq_id[i] = 1
+        b.seq_id[i][0] = slot
+        b.logits[i] = logits
+
+    def _step(self) -> None:
+        n = 0
+        decoding = [s for s in self._active if s.last_token is not None]
+        prefilling = [s for s in self._active if s.last_token is None]
+        # Reserve one slot per decoding sequence before handing out draft room.
+        spare = self._n_batch - len(decoding)
+        for seq in decoding:
+            seq.out_idx = n
+            self._add(n, seq.last_token, seq.n_past, seq.slot, True)
+            n += 1
+            seq.drafts = []
+            if self._k and seq.lookup is not None and spare > 0:
+                room = min(self._k, spare, seq.max_tokens - seq.completion_tokens - 1)
+                if room > 0:
+                    seq.drafts = seq.lookup.draft(room)
+                    for j, tok in enumerate(seq.drafts, 1):
+                        self._add(n, tok, seq.n_past + j, seq.slot, True)
+                        n += 1
+                    spare -= len(seq.drafts)
+        for seq in prefilling:
+            room = self._n_batch - n
+            if room <= 0:
+                seq.out_idx = -1
+                continue
+            chunk = seq.prompt[seq.n_past:seq.n_past + room]
+            for j, tok in enumerate(chunk):
+                self._add(n, tok, seq.n_past + j, seq.slot, False)
+                n += 1
+            seq.n_past += len(chunk)
+            if seq.n_past == len(seq.prompt):
+                self._batch.logits[n - 1] = True
+                seq.out_idx = n - 1
+            else:
+                seq.out_idx = -1
+        self._batch.n_tokens = n
+        rc = llama_cpp.llama_decode(self._ctx, self._batch)
+        if rc != 0:
+            # 1: no KV room; 2: aborted; <0: invalid batch or fatal. Positions of this
+            # batch may be half-written, so none of these sequences can continue.
+            for seq in decoding + prefilling:
+                self._finish(seq, error=EngineError(f"llama_decode failed (code {rc})"))
+            return
+        outbox: list[tuple[Sequence, Any]] = []
+        for seq in decoding + prefilling:
+            if seq.out_idx < 0:
+                continue
+            try:
+                self._sample(seq, outbox)
+            except Exception as exc:
+                logger.exception("sampling failed for %s", seq.request_id)
+                self._finish(seq, error=EngineError(f"sampling failed: {exc}"))
+        self._deliver(outbox)
+
+    def _sample(self, seq: Sequence, outbox: list[tuple[Sequence, Any]]) -> None:
+        """Sample (and verify drafts), then stream the accepted group as one chunk."""
+        drafts = seq.drafts
+        text: list[str] = []
+        finish: FinishReason | None = None
+        accepted = 0
+        ctx, smpl = self._ctx, seq.sampler
+        for j in range(len(drafts) + 1):
+            tok = llama_cpp.llama_sampler_sample(smpl, ctx, seq.out_idx + j)
+            finish = self._accept(seq, tok, text)
+            if finish is not None or j == len(drafts) or tok != drafts[j]:
+                break
+            accepted += 1
+        if seq.last_token is None:  # prompt done: the KV holds exactly the prompt
+            seq.last_token = tok
+        else:  # last token and the accepted drafts are now in the KV
+            seq.n_past += 1 + accepted
+            if accepted < len(drafts) and finish is None:
+                llama_cpp.llama_memory_seq_rm(self._mem, seq.slot, seq.n_past, -1)
+            seq.last_token = tok
+        seq.drafts = []
+        chunk_text = "".join(text)
+        if finish is not None:
+            outbox.append((seq, GenerationChunk(chunk_text, len(seq.prompt),
+                                                seq.completion_tokens, finish)))
+            self._finish(seq)
+        elif chunk_text:
+            outbox.append((seq, GenerationChunk(chunk_text, len(seq.prompt),
+                                                seq.completion_tokens)))
+
+    def _accept(self, seq: Sequence, tok: int, text: list[str]) -> FinishReason | None:
+        """Account one sampled token; append its visible text; say why it ends, if so."""
+        seq.completion_tokens += 1
+        if seq.lookup is not None:
+            seq.lookup.append(tok)
+        if not seq.ignore_eos and llama_cpp.llama_vocab_is_eog(self._vocab, tok):
+            text.append(self._tail(seq))
+            return "stop"
+        piece = self._pieces.get(tok)
+        if piece is None:
+            piece = self._pieces[tok] = self._piece(tok)
+        new = seq.decoder.decode(piece)
+        if seq.stop is not None:
+            new, hit = seq.stop.feed(new)
+            if hit:
+                text.append(new)
+                return "stop"
+        text.append(new)
+        if seq.completion_tokens >= seq.max_tokens:
+            text.append(self._tail(seq))
+            return "length"
+        return None
+
+    @staticmethod
+    def _tail(seq: Sequence) -> str:
+        """Text still held back (undecoded bytes, a partial stop match) at the end."""
+        rest = seq.decoder.decode(b"", final=True)
+        if seq.stop is not None:
+            rest, hit = seq.stop.feed(rest)
+            if hit:
+                return rest
+            return rest + seq.stop.flush()
+        return rest
+
+    def _piece(self, tok: int) -> bytes:
+        n = llama_cpp.llama_token_to_piece(self._vocab, tok, self._piece_buf,
+                                           len(self._piece_buf), 0, False)
+        if n < 0:
+            self._piece_buf = ctypes.create_string_buffer(-n)
+            n = llama_cpp.llama_token_to_piece(self._vocab, tok, self._piece_buf, -n, 0,
+                                               False)
+        return self._piece_buf.raw[:n]
+
+    def _finish(self, seq: Sequence, *, error: BaseException | None = None,
+                aborted: bool = False) -> None:
+        """Free the sequence's slot, KV entries and sampler; tell its consumer if needed."""
+        if seq in self._active:
+            self._active.remove(seq)
+            llama_cpp.llama_memory_seq_rm(self._mem, seq.slot, -1, -1)
+            with self._lock:
+                self._free_slots.append(seq.slot)
+                self._n_running -= 1
+        seq.free_sampler()
+        if error is not None or aborted:
+            self._deliver([(seq, error if error is not None else ABORTED)])
+        seq.done = True
+
+    def _finish_silently(self, seq: Sequence) -> None:
+        """A request dropped before admission: end its stream (caller holds the lock)."""
+        seq.done = True
+        self._post(seq.loop, [(seq, ABORTED)])
+
+    def _deliver(self, items: list[tuple[Sequence, Any]]) -> None:
+        """Push items to their consumers: one thread-safe call per event loop."""
+        if not items:
+            return
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Sequence, Any]]] = {}
+        for item in items:
+            by_loop.setdefault(item[0].loop, []).append(item)
+        for loop, batch in by_loop.items():
+            if not self._post(loop, batch):  # loop closed: nobody is listening
+                for seq, _ in batch:
+                    if seq in self._active:
+                        self._finish(seq)
+
+    @staticmethod
+    def _post(loop: asyncio.AbstractEventLoop, items: list[tuple[Sequence, Any]]) -> bool:
+        try:
+            loop.call_soon_threadsafe(_put_all, items)
+        except RuntimeError:
+            return False
+        return True
+
+    def _shutdown(self) -> None:
+        error = EngineNotReadyError("The llama.cpp engine was shut down.")
+        with self._lock:
+            self._closing = True
+            waiting, self._waiting = list(self._waiting), deque()
+            aborts, self._aborts = self._aborts, {}
+        for seq in waiting:
+            seq.free_sampler()
+            self._deliver([(seq, error)])
+        for seq in list(self._active):
+            self._finish(seq, error=error)
+        for futures in aborts.values():
+            for fut in futures:
+                fut.set_result(None)
+        llama_cpp.llama_batch_free(self._batch)
+        llama_cpp.llama_free(self._ctx)
+        llama_cpp.llama_model_free(self._model)
+
+
+def _put_all(items: list[tuple[Sequence, Any]]) -> None:
+    for seq, item in items:
+        seq.queue.put_nowait(item)
+
