@@ -187,7 +187,9 @@ class SentenceTransformerModel(EmbeddingModel):
 
             st_model = SentenceTransformer(source, device=pick_device(device))
         self.model: Any = st_model
-        self.dimensions = int(st_model.get_sentence_embedding_dimension() or 0)
+        dimension = getattr(st_model, "get_embedding_dimension", None) or \
+            st_model.get_sentence_embedding_dimension  # sentence-transformers < 6
+        self.dimensions = int(dimension() or 0)
         self.device = str(st_model.device)
         # torch already spreads one encode over every core; two at once only thrash.
         self._lock = threading.Lock()

@@ -70,6 +70,8 @@ def _load_settings(overrides: dict[str, Any]) -> Settings:
 def _configure_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # httpx logs full URLs at INFO; some search APIs take their key in the query string.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def _run_server(app: Any, settings: Settings) -> None:

@@ -164,6 +164,8 @@ class BatchWorker:
         self._active: list[Sequence] = []
         self._pieces: dict[int, bytes] = {}
         self._piece_buf = ctypes.create_string_buffer(256)
+        # prompt-lookup counters, for metrics and tests (worker writes, others read)
+        self.stats = {"drafted": 0, "accepted": 0}
         # shared with the event loop, guarded by _lock
         self._lock = threading.Lock()
         self._waiting: deque[Sequence] = deque()
@@ -288,6 +290,7 @@ class BatchWorker:
                         self._add(n, tok, seq.n_past + j, seq.slot, True)
                         n += 1
                     spare -= len(seq.drafts)
+                    self.stats["drafted"] += len(seq.drafts)
         for seq in prefilling:
             room = self._n_batch - n
             if room <= 0:
@@ -343,6 +346,7 @@ class BatchWorker:
                 llama_cpp.llama_memory_seq_rm(self._mem, seq.slot, seq.n_past, -1)
             seq.last_token = tok
         seq.drafts = []
+        self.stats["accepted"] += accepted
         chunk_text = "".join(text)
         if finish is not None:
             outbox.append((seq, GenerationChunk(chunk_text, len(seq.prompt),
