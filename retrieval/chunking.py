@@ -8,8 +8,9 @@ which the default size leaves room for.
 
 Chunk text is always a slice of the original text (token offsets map back to
 characters), so citations quote the page exactly. A chunk's end snaps back to a sentence
-or paragraph break when one lies in its second half; consecutive chunks share
-``overlap`` tokens so a fact cut at a boundary is whole in one of them.
+or paragraph break when one lies in its second half, and the next chunk starts at the
+first sentence start within the last ``overlap`` tokens (exactly ``overlap`` tokens back
+when there is none), so a fact cut at a boundary is whole in one of them.
 """
 
 from __future__ import annotations
@@ -125,7 +126,13 @@ def chunk_text(text: str, tokenizer: TokenSpans, max_tokens: int = CHUNK_TOKENS,
         chunks.append(Chunk(text[a:b], len(chunks), a, b, end - start))
         if end >= n:
             break
+        # Start the next chunk at the first sentence start inside the overlap, so
+        # passages read from a sentence's beginning; else overlap by exactly `overlap`.
         start = max(end - overlap, start + 1)
+        for i in range(start, end):
+            if _break_after(text, spans, i - 1):
+                start = i
+                break
     return chunks
 
 

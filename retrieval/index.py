@@ -179,12 +179,17 @@ class LocalIndex:
         tokenizer = self.model.tokenizer()
         opts = self.options
         seen: set[str] = set()
+        sources = list(sources)
         with self._db:
             for src in sources:
+                if progress:
+                    progress("chunking", 1, len(sources))
                 seen.add(src.key)
                 row = self._db.execute("SELECT fingerprint FROM sources WHERE key=?",
                                        (src.key,)).fetchone()
-                fingerprint = src.fingerprint
+                # Chunking settings and the model's tokenizer shape the passages too.
+                fingerprint = (f"{src.fingerprint}:{opts.chunk_tokens}:{opts.chunk_overlap}:"
+                               f"{self.model.model_id}")
                 if row is not None and row[0] == fingerprint:
                     report.unchanged += 1
                 else:

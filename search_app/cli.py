@@ -18,6 +18,7 @@ import click
 from pydantic import ValidationError
 
 from search_app.config import ENV_PREFIX, Settings
+from search_app.retrieval_cli import index_command, search_command
 
 __all__ = ["main", "cli"]
 
@@ -110,6 +111,10 @@ def serve_model(**overrides: Any) -> None:
     from serving.app import create_app
 
     _run_server(create_app(settings.server_options()), settings)
+
+
+cli.add_command(index_command)
+cli.add_command(search_command)
 
 
 def main(argv: list[str] | None = None) -> None:

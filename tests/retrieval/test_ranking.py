@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
@@ -14,6 +15,10 @@ from retrieval.ranking import (
     DenseIndex,
     Ranker,
     RankOptions,
+    SparseIndex,
+    analyze,
+    bm25_scores,
+    embedding_text,
     fuse,
     select_passages,
 )
@@ -183,3 +188,13 @@ def test_empty_inputs(ranker: Ranker) -> None:
     assert ranker.rank_sync("anything", [], 5) == []
     empty: list[Document] = [document(1, "Empty", "")]
     assert ranker.rank_sync("anything", empty, 5) == []
+
+
+def test_direct_bm25_matches_bm25s() -> None:
+    texts = [embedding_text(d.title, d.text) for d in DOCS] + ["", "the the the"]
+    query = "sunlight and the Earth's oceans"
+    expected = SparseIndex.build(texts).scores(query)
+    counts = [(Counter(terms), len(terms)) for terms in analyze(texts)]
+    got = bm25_scores(analyze([query])[0], counts)
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    assert (got > 0).sum() >= 2

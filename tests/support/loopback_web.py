@@ -179,7 +179,7 @@ async def redirect(request: Request) -> Response:
 
 # ------------------------------------------------------------------------ mock APIs
 def _scenario(query: str) -> str | None:
-    for s in ("429", "malformed", "shape", "empty", "slow", "500", "quota403"):
+    for s in ("429", "malformed", "shape", "empty", "slow", "500", "quota403", "web"):
         if f"__{s}__" in query:
             return s
     return None
@@ -312,7 +312,28 @@ async def search_api(request: Request) -> Response:
         return JSONResponse({"error": {"message": "backend exploded"}}, status_code=500)
     if scenario == "slow":
         await asyncio.sleep(3)
+    if scenario == "web" and provider == "searxng":
+        return JSONResponse(_web_results(str(request.base_url).rstrip("/"), query))
     return JSONResponse(_shape(provider, query, k, empty=scenario == "empty"))
+
+
+WEB_PAGES = [  # (path, title, snippet): results that point back at this server's pages
+    ("/page/article", "Flood waters recede in Riverton", "Riverton flood report."),
+    ("/page/slow", "Slow local news", "Snippet: the council meets on Friday."),
+    ("/redirect/private", "Intranet admin", "Snippet: internal page."),
+    ("/page/binary-as-html", "Broken upload", "Snippet: an image upload."),
+    ("/page/plain", "Plain notes", "Snippet: plain notes on the river."),
+]
+
+
+def _web_results(base: str, query: str) -> dict[str, Any]:
+    """SearXNG's shape, with hits on this loopback web (the ``__web__`` scenario)."""
+    return {"query": query, "number_of_results": len(WEB_PAGES), "answers": [],
+            "corrections": [], "infoboxes": [], "suggestions": [],
+            "unresponsive_engines": [],
+            "results": [{"url": base + path, "title": title, "content": snippet,
+                         "engine": "loopback", "score": 1.0, "category": "general"}
+                        for path, title, snippet in WEB_PAGES]}
 
 
 def make_app() -> Starlette:
