@@ -1,20 +1,42 @@
 """The search app as one ASGI application, built from :class:`Settings`.
 
-Today it is the serving layer (OpenAI-compatible endpoints, health, metrics); the answer
-pipeline, its APIs and the UI are added here as they land. Everything is built in the
-lifespan, nothing at import time.
+The serving layer (OpenAI-compatible endpoints, health, metrics) plus the answer engine
+(``/api/search``, ``/query``, ``/searxng/search``). Everything is built in the lifespan,
+nothing at import time, in the background so the server accepts connections at once:
+the store opens first (stored answers are readable within milliseconds), then the
+models load, then retrieval (embedding model, local index, provider chain, page reader,
+ranker) and the pipeline. Routes that need what is not built yet answer 503.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
+import logging
+from pathlib import Path
+
+import httpx
 from fastapi import FastAPI
 
+from retrieval.embeddings import EmbeddingCache, SentenceTransformerModel
+from retrieval.index import LocalIndex
+from retrieval.providers import FallbackSearch, build_chain
+from retrieval.ranking import Ranker
+from retrieval.reader import PageReader
+from search_app import routes
 from search_app.config import Settings
+from search_app.deps import AnswerServices
+from search_app.grounding import Grounder
+from search_app.pipeline import AnswerPipeline
+from search_app.store import Store
 from serving import api
-from serving.app import background_lifespan, load_models, serving_state
+from serving.app import ServerOptions, background_lifespan, load_models, serving_state
 from serving.registry import ModelRegistry
 
-__all__ = ["create_app"]
+__all__ = ["build_answer_services", "create_app"]
+
+log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -23,10 +45,76 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(
         title="search-app",
         description="Self-hosted AI search with an OpenAI-compatible model server.",
-        lifespan=background_lifespan(lambda stack: load_models(registry, options, stack)),
+        lifespan=background_lifespan(
+            lambda stack: _load(app, settings, options, registry, stack)),
     )
     app.state.settings = settings
+    app.state.store = None
+    app.state.answer = None
+    app.state.answer_failure = None
     serving_state(app, registry)
     api.install(app, api_keys=options.api_keys, cors_origins=options.cors_origins,
                 max_body_bytes=options.max_body_bytes)
+    app.include_router(routes.router)
     return app
+
+
+async def _load(app: FastAPI, settings: Settings, options: ServerOptions,
+                registry: ModelRegistry, stack: contextlib.AsyncExitStack) -> None:
+    store = await asyncio.to_thread(Store, settings.store_file())
+    stack.callback(store.close)
+    app.state.store = store
+    await load_models(registry, options, stack)
+    if registry.state != "ready":
+        app.state.answer_failure = "the model failed to load"
+        return
+    try:
+        app.state.answer = await build_answer_services(settings, registry, store, stack)
+        log.info("answer engine ready (provider %s)", settings.provider)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        app.state.answer_failure = f"{type(exc).__name__}: {exc}"
+        log.exception("building the answer engine failed")
+
+
+async def build_answer_services(settings: Settings, registry: ModelRegistry, store: Store,
+                                stack: contextlib.AsyncExitStack) -> AnswerServices:
+    """Retrieval and the pipeline, closed by ``stack``. Reuses the serving layer's
+    sentence-transformers model when it is the one the index was built with."""
+    model_name = _index_model(settings.data_dir) or settings.embedding_model
+    shared = registry.embedders.get(model_name or "all-MiniLM-L6-v2")
+    cache = EmbeddingCache(settings.data_dir / "cache" / "embeddings.sqlite")
+    stack.callback(cache.close)
+    model = await asyncio.to_thread(
+        SentenceTransformerModel, model_name, device=settings.device, cache=cache,
+        st_model=shared.model if shared is not None else None)
+    index = LocalIndex(settings.data_dir, model)
+    stack.callback(index.close)
+    if index.is_built():  # load the snapshot now, not on the first question
+        await asyncio.to_thread(index.load)
+    client = httpx.AsyncClient(timeout=httpx.Timeout(settings.search_timeout_s))
+    stack.push_async_callback(client.aclose)
+    popts = settings.provider_options()
+    chains: dict[str, FallbackSearch] = {
+        settings.provider: build_chain(settings.provider, popts, client=client,
+                                       local=index.asearch)}
+    for name in (n.strip() for n in settings.provider.split(",") if n.strip()):
+        chains.setdefault(name, build_chain(name, popts, client=client, local=index.asearch))
+    reader = PageReader(settings.reader_options())
+    stack.push_async_callback(reader.aclose)
+    grounder = Grounder(model, relevance_threshold=settings.relevance_threshold,
+                        support_threshold=settings.support_threshold)
+    pipeline = AnswerPipeline(
+        engine=lambda: registry.default_engine, chains=chains,
+        default_provider=settings.provider, ranker=Ranker(model), grounder=grounder,
+        reader=reader, store=store, options=settings.pipeline_options())
+    return AnswerServices(pipeline=pipeline, index=index)
+
+
+def _index_model(data_dir: Path) -> str | None:
+    """The embedding model the local index was built with: queries must use the same."""
+    marker = data_dir / "index" / "snapshot" / "snapshot.json"
+    if marker.is_file():
+        return str(json.loads(marker.read_text())["model_id"])
+    return None

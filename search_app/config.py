@@ -18,6 +18,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from retrieval.providers import ProviderOptions
 from retrieval.reader import ReaderOptions
+from search_app.pipeline import PipelineOptions
 from serving.app import ServerOptions
 from serving.engines import EngineOptions, LlamaCppOptions, UpstreamOptions, VLLMOptions
 
@@ -111,6 +112,26 @@ class Settings(BaseSettings):
         description="Hosts or CIDR ranges the page reader may reach despite SSRF rules "
                     "(comma-separated, e.g. 127.0.0.1/32,docs.internal).")
 
+    # --- answer engine ---
+    store_path: Path | None = Field(
+        None, description="SQLite file of stored answers and threads; default: "
+                          "<data_dir>/store.sqlite.")
+    answer_sources: int = Field(8, ge=1, le=20, description="Search results per question.")
+    answer_max_tokens: int = Field(
+        384, ge=16, description="Tokens kept for the answer (at most 1/4 of the context).")
+    relevance_threshold: float = Field(
+        0.52, ge=-1, le=1, description="Best passage's MiniLM cosine below which the answer "
+                                       "abstains (see search_app/grounding.py).")
+    support_threshold: float = Field(
+        0.55, ge=-1, le=1, description="MiniLM cosine a sentence needs to its sources to "
+                                       "count as supported.")
+    rank_timeout_s: float = Field(10.0, gt=0, description="Ranking budget per question.")
+    first_token_timeout_s: float = Field(30.0, gt=0,
+                                         description="Wait for the answer's first token.")
+    answer_timeout_s: float = Field(90.0, gt=0, description="Whole answer budget.")
+    related_timeout_s: float = Field(20.0, gt=0, description="Related questions budget.")
+    sse_ping_s: float = Field(5.0, gt=0, description="SSE heartbeat interval.")
+
     @field_validator("api_keys", "cors_origins", "fetch_allow", mode="before")
     @classmethod
     def _lists(cls, value: Any) -> Any:
@@ -170,6 +191,16 @@ class Settings(BaseSettings):
         return ReaderOptions(budget_s=self.read_budget_s, page_timeout_s=self.page_timeout_s,
                              max_pages=self.read_max_pages, allow_hosts=hosts,
                              allow_cidrs=cidrs)
+
+    def store_file(self) -> Path:
+        return self.store_path or self.data_dir / "store.sqlite"
+
+    def pipeline_options(self) -> PipelineOptions:
+        return PipelineOptions(
+            sources=self.answer_sources, answer_max_tokens=self.answer_max_tokens,
+            rank_timeout_s=self.rank_timeout_s,
+            first_token_timeout_s=self.first_token_timeout_s,
+            answer_timeout_s=self.answer_timeout_s, related_timeout_s=self.related_timeout_s)
 
     def server_options(self) -> ServerOptions:
         return ServerOptions(

@@ -8,15 +8,19 @@ and loop, so the event loop is never blocked and never woken once per token per 
 
 Each step packs, in this order, into one ``llama_batch`` of at most ``n_batch`` tokens:
 
-1. every generating sequence's last sampled token, plus up to ``k`` prompt-lookup draft
-   tokens (all with logits);
-2. prompt chunks of newly admitted sequences, first come first served, in the room left
-   (logits only on a prompt's last token).
+1. every generating sequence's last sampled token, plus prompt-lookup draft tokens when
+   enabled (all with logits);
+2. one prompt chunk for each newly admitted sequence, first come first served, while
+   whole chunks fit. Prompts are always cut at the same places (every
+   ``prefill_chunk`` tokens, and before the last token), because llama.cpp computes a
+   token slightly differently in a small ubatch than in a large one; a free slot keeps
+   its last prompt's KV, and a new request sharing a prefix reuses it up to a common cut.
 
 After the decode every sequence samples with its own sampler chain. Drafts are verified
-by sampling at each drafted position and accepting while the sample equals the draft, so
-the output is exactly what plain decoding would produce (same sampler calls, same RNG
-draws); rejected positions are removed from the KV memory with ``llama_memory_seq_rm``.
+by sampling at each drafted position and accepting while the sample equals the draft:
+the same sampler calls and RNG draws as plain decoding, on logits that the engine's
+context settings keep bit-identical to plain decoding's (see ``_new_context``), so the
+output is exactly the same. Rejected positions are removed with ``llama_memory_seq_rm``.
 """
 
 from __future__ import annotations
@@ -42,10 +46,18 @@ __all__ = ["ABORTED", "BatchWorker", "PromptLookup", "Sequence", "StopMatcher", 
 
 logger = logging.getLogger(__name__)
 
-# Prompt lookup: n-gram sizes tried, longest first. A 1-gram match is too weak a signal
-# on a CPU, where verifying even one extra token costs about as much as a decode step.
+# Prompt lookup: n-gram sizes tried, longest first. Shorter matches are too weak a
+# signal on a CPU, where verifying even one extra token costs about a decode step.
 LOOKUP_MAX_NGRAM = 4
-LOOKUP_MIN_NGRAM = 2
+LOOKUP_MIN_NGRAM = 3
+# Drafting pays only for long accepted runs on a CPU: a step with 2 tokens of one
+# sequence costs about 2x a 1-token step (the batched matmul path), 5 tokens 3x, 9
+# tokens 5x. So drafts shorter than DRAFT_MIN are dropped, the draft length follows
+# the last run (accepted + 1, doubling after a full hit), and a sequence whose draft
+# was rejected outright waits DRAFT_PAUSE tokens before drafting again, twice as long
+# after each further miss (text that quotes nothing soon stops paying for drafts).
+DRAFT_MIN = 3
+DRAFT_PAUSE = 8
 # Thread tuning: how often the machine's load is re-read, and how much of a core others
 # may be using before we give that core up (0.25: a core that is 75% free still counts).
 TUNE_INTERVAL_S = 0.5
@@ -126,17 +138,16 @@ class PromptLookup:
 
 
 class ThreadTuner:
-    """Chooses the thread count of each ``llama_decode`` from the machine's spare cores.
+    """Chooses the threads of multi-token ``llama_decode`` steps from the spare cores.
 
     Why: ggml's CPU threads meet at spinning barriers. On an idle 2-core machine two
-    threads decode about 20% faster than one, but when another process takes a core
-    (retrieval, the HTTP layer, a benchmark client) a descheduled thread stalls the
-    other and a step gets about 10x slower (measured: 90 ms instead of 9 ms per token).
-    Probing the slow setting to find out costs seconds, so instead the CPU time that
-    others used (``/proc/stat`` busy time minus ours) is measured every
-    ``TUNE_INTERVAL_S`` and only the cores they leave free are used.
-    Our own share is the worker thread's CPU time times the threads in use: ggml's
-    helper threads work (and spin) for as long as the worker does.
+    threads run a batch about 1.6x faster than one, but when another process takes a
+    core (retrieval, the HTTP layer, a benchmark client) a descheduled thread stalls the
+    other and a step gets about 10x slower (measured: 90 ms instead of 9 ms). Probing
+    the slow setting to find out costs seconds, so instead the CPU time that others used
+    (``/proc/stat`` busy time minus ours) is read every ``TUNE_INTERVAL_S`` and only the
+    cores they leave free are used. Ours is the worker thread's CPU time plus, for each
+    step, its wall time per helper thread (helpers work or spin as long as the step).
     """
 
     def __init__(self, max_threads: int, *, fixed: bool = False) -> None:
@@ -146,10 +157,16 @@ class ThreadTuner:
         self._cores = os.cpu_count() or 1
         self._tick = os.sysconf("SC_CLK_TCK") if not self._fixed else 100
         self._last: tuple[float, float, float] | None = None
+        self._helper_s = 0.0
         self._next = 0.0
 
+    def account(self, threads: int, seconds: float) -> None:
+        """Record a decode step that ran ``threads`` threads for ``seconds``."""
+        if threads > 1:
+            self._helper_s += (threads - 1) * seconds
+
     def choose(self, now: float) -> int:
-        """Call from the worker thread (its CPU time is what counts as ours)."""
+        """Call from the worker thread (its CPU time is part of ours)."""
         if self._fixed or now < self._next:
             return self.threads
         self._next = now + TUNE_INTERVAL_S
@@ -160,11 +177,10 @@ class ThreadTuner:
             self._fixed = True
             return self.threads
         busy = (sum(jiffies) - jiffies[3] - jiffies[4]) / self._tick  # minus idle, iowait
-        sample = (now, busy, time.thread_time())
+        sample = (now, busy, time.thread_time() + self._helper_s)
         if self._last is not None and now > self._last[0]:
             wall = now - self._last[0]
-            ours = (sample[2] - self._last[2]) * self.threads
-            others = max(0.0, (busy - self._last[1] - ours) / wall)
+            others = max(0.0, (busy - self._last[1] - (sample[2] - self._last[2])) / wall)
             free = self._cores - others
             self.threads = max(1, min(self.max_threads, int(free + TUNE_FREE_CORE_SLACK)))
         self._last = sample
@@ -191,8 +207,12 @@ class Sequence:
     last_token: int | None = None  # sampled but not yet decoded
     out_idx: int = -1  # batch index of the first output this step (-1: none)
     drafts: list[int] = field(default_factory=list)
+    draft_len: int = 0  # current draft length (0: not started)
+    draft_pause: int = 0  # steps left before drafting again
+    draft_misses: int = 0  # drafts rejected outright in a row
     completion_tokens: int = 0
     output: list[int] = field(default_factory=list)  # sampled tokens
+    bounds: list[int] = field(default_factory=list)  # where prompt chunks ended
     decoder: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
 
     def free_sampler(self) -> None:
@@ -205,7 +225,8 @@ class BatchWorker:
     """Owns the llama.cpp context and runs the continuous-batching loop in a thread."""
 
     def __init__(self, *, model: Any, ctx: Any, vocab: Any, n_batch: int, n_seq_max: int,
-                 max_queue: int, draft_tokens: int, tuner: ThreadTuner) -> None:
+                 max_queue: int, draft_tokens: int, prefill_chunk: int,
+                 gen_threads: int, tuner: ThreadTuner) -> None:
         self._model, self._ctx, self._vocab = model, ctx, vocab
         self._mem = llama_cpp.llama_get_memory(ctx)
         self._n_batch = n_batch
@@ -213,13 +234,18 @@ class BatchWorker:
         self._n_seq_max = n_seq_max
         self._max_queue = max_queue
         self._k = draft_tokens
+        self._chunk = prefill_chunk
+        # Single-token steps use a fixed thread count (see LlamaCppEngine._new_context);
+        # multi-token steps use what the tuner allows.
+        self._gen_threads = gen_threads
         self._tuner = tuner
-        self._threads = 0  # thread count last given to llama.cpp
-        # Free slots, least recently released first, with the tokens whose KV each one
-        # still holds: a new request takes the slot sharing its longest prompt prefix
-        # and skips recomputing it (same system prompt, sources, or chat history).
+        self._batch_threads = 0  # last value given to llama.cpp
+        # Free slots, least recently released first, with the prompt tokens whose KV
+        # each one still holds and where their chunks ended: a new request takes the
+        # slot sharing its longest prompt prefix and skips recomputing it (a repeated
+        # prompt, the same system prompt or sources, a chat's earlier turns).
         self._free_slots = list(range(n_seq_max))
-        self._cached: dict[int, list[int]] = {}
+        self._cached: dict[int, tuple[list[int], list[int]]] = {}
         self._active: list[Sequence] = []
         self._pieces: dict[int, bytes] = {}
         self._piece_buf = ctypes.create_string_buffer(256)
@@ -322,21 +348,45 @@ class BatchWorker:
         return True
 
     def _admit(self, seq: Sequence) -> None:
-        """Give the sequence the free slot with the longest cached prefix of its prompt."""
-        best, best_len = self._free_slots[0], 0
+        """Give the sequence the free slot whose cache saves it the most prompt work."""
+        best, keep = self._free_slots[0], 0
         for slot in self._free_slots:
-            n = _common_prefix(self._cached.get(slot, ()), seq.prompt)
-            if n > best_len:
-                best, best_len = slot, n
+            tokens, bounds = self._cached.get(slot, ([], []))
+            n = self._reusable(seq.prompt, tokens, bounds)
+            if n > keep:
+                best, keep = slot, n
         self._free_slots.remove(best)
-        cached = self._cached.pop(best, [])
-        keep = min(best_len, len(seq.prompt) - 1)  # the last prompt token yields logits
-        if keep < len(cached) and not llama_cpp.llama_memory_seq_rm(self._mem, best, keep, -1):
+        self._cached.pop(best, None)
+        if not llama_cpp.llama_memory_seq_rm(self._mem, best, keep, -1):
             llama_cpp.llama_memory_seq_rm(self._mem, best, -1, -1)
             keep = 0
         seq.slot, seq.n_past = best, keep
+        seq.bounds = [b for b in self._prompt_bounds(len(seq.prompt)) if b <= keep]
         self.stats["cached_prompt_tokens"] += keep
         self._active.append(seq)
+
+    def _prompt_bounds(self, n: int) -> list[int]:
+        """Where a prompt of ``n`` tokens is always cut: every ``prefill_chunk`` tokens,
+        and before its last token, which is decoded alone.
+
+        Why fixed cuts: llama.cpp computes a token in a small ubatch slightly
+        differently (up to ~1 in logits past ~400 tokens of context) than in a large
+        one, so a prompt must be cut the same way whether it starts from scratch or
+        from a cached prefix, or a repeated seeded request would not repeat itself.
+        """
+        cuts = list(range(self._chunk, n - 1, self._chunk))
+        return cuts + [n - 1, n] if n > 1 else [n]
+
+    def _reusable(self, prompt: list[int], tokens: list[int], bounds: list[int]) -> int:
+        """Cached prompt tokens usable as is: up to the last cut that both the cached
+        prompt and this one made, with the same cuts before it and the same tokens."""
+        same = _common_prefix(tokens, prompt)
+        keep = 0
+        for old, new in zip(bounds, self._prompt_bounds(len(prompt))[:-1], strict=False):
+            if old != new or new > same:
+                break
+            keep = new
+        return keep
 
     def _add(self, i: int, token: int, pos: int, slot: int, logits: bool) -> None:
         b = self._batch
@@ -346,47 +396,64 @@ class BatchWorker:
         b.seq_id[i][0] = slot
         b.logits[i] = logits
 
+    def _next_cut(self, seq: Sequence) -> int:
+        n = len(seq.prompt)
+        if seq.n_past >= n - 1:
+            return n
+        return min((seq.n_past // self._chunk + 1) * self._chunk, n - 1)
+
     def _step(self) -> None:
         n = 0
         decoding = [s for s in self._active if s.last_token is not None]
         prefilling = [s for s in self._active if s.last_token is None]
-        # Reserve one slot per decoding sequence before handing out draft room.
+        # One token per decoding sequence and the first waiting prompt chunk always
+        # fit (n_batch >= parallel + prefill_chunk); drafts get what is left.
         spare = self._n_batch - len(decoding)
+        if prefilling:
+            spare -= self._next_cut(prefilling[0]) - prefilling[0].n_past
         for seq in decoding:
             seq.out_idx = n
             self._add(n, seq.last_token, seq.n_past, seq.slot, True)
             n += 1
             seq.drafts = []
-            if self._k and seq.lookup is not None and spare > 0:
-                room = min(self._k, spare, seq.max_tokens - seq.completion_tokens - 1)
-                if room > 0:
-                    seq.drafts = seq.lookup.draft(room)
-                    for j, tok in enumerate(seq.drafts, 1):
+            if seq.lookup is not None and spare >= DRAFT_MIN:
+                if seq.draft_pause > 0:
+                    seq.draft_pause -= 1
+                    continue
+                room = min(seq.draft_len or self._k, spare,
+                           seq.max_tokens - seq.completion_tokens - 1)
+                drafts = seq.lookup.draft(room) if room >= DRAFT_MIN else []
+                if len(drafts) >= DRAFT_MIN:
+                    seq.drafts = drafts
+                    for j, tok in enumerate(drafts, 1):
                         self._add(n, tok, seq.n_past + j, seq.slot, True)
                         n += 1
-                    spare -= len(seq.drafts)
-                    self.stats["drafted"] += len(seq.drafts)
-        for seq in prefilling:
-            room = self._n_batch - n
-            if room <= 0:
-                seq.out_idx = -1
+                    spare -= len(drafts)
+                    self.stats["drafted"] += len(drafts)
+        full = False
+        for seq in prefilling:  # first come, first served: one whole chunk each
+            seq.out_idx = -1
+            end = self._next_cut(seq)
+            if full or end - seq.n_past > self._n_batch - n:
+                full = True
                 continue
-            chunk = seq.prompt[seq.n_past:seq.n_past + room]
-            for j, tok in enumerate(chunk):
-                self._add(n, tok, seq.n_past + j, seq.slot, False)
+            for pos in range(seq.n_past, end):
+                self._add(n, seq.prompt[pos], pos, seq.slot, False)
                 n += 1
-            seq.n_past += len(chunk)
-            if seq.n_past == len(seq.prompt):
+            seq.n_past = end
+            seq.bounds.append(end)
+            if end == len(seq.prompt):
                 self._batch.logits[n - 1] = True
                 seq.out_idx = n - 1
-            else:
-                seq.out_idx = -1
         self._batch.n_tokens = n
-        threads = self._tuner.choose(time.monotonic())
-        if threads != self._threads:
-            llama_cpp.llama_set_n_threads(self._ctx, threads, threads)
-            self._threads = threads
+        start = time.monotonic()
+        batch_threads = self._tuner.choose(start)
+        if batch_threads != self._batch_threads:
+            llama_cpp.llama_set_n_threads(self._ctx, self._gen_threads, batch_threads)
+            self._batch_threads = batch_threads
         rc = llama_cpp.llama_decode(self._ctx, self._batch)
+        self._tuner.account(self._gen_threads if n == 1 else batch_threads,
+                            time.monotonic() - start)
         if rc != 0:
             # 1: no KV room; 2: aborted; <0: invalid batch or fatal. Positions of this
             # batch may be half-written, so none of these sequences can continue.
@@ -422,8 +489,16 @@ class BatchWorker:
             if accepted < len(drafts):
                 llama_cpp.llama_memory_seq_rm(self._mem, seq.slot, seq.n_past, -1)
         seq.last_token = tok
+        if drafts:
+            self.stats["accepted"] += accepted
+            if accepted == len(drafts):
+                seq.draft_len, seq.draft_misses = min(self._k, 2 * accepted), 0
+            else:
+                seq.draft_len = max(DRAFT_MIN, min(self._k, accepted + 1))
+                seq.draft_misses = seq.draft_misses + 1 if accepted == 0 else 0
+                if accepted == 0:
+                    seq.draft_pause = DRAFT_PAUSE << min(seq.draft_misses - 1, 4)
         seq.drafts = []
-        self.stats["accepted"] += accepted
         chunk_text = "".join(text)
         if finish is not None:
             outbox.append((seq, GenerationChunk(chunk_text, len(seq.prompt),
@@ -481,13 +556,15 @@ class BatchWorker:
                 aborted: bool = False) -> None:
         """Free the sequence's slot and sampler; tell its consumer if needed.
 
-        Between steps the slot's KV holds exactly ``(prompt + output)[:n_past]``, so it
-        stays as a prefix cache; after an error its state is unknown and is cleared.
+        Between steps the slot's KV holds exactly ``(prompt + output)[:n_past]``, so its
+        prompt part stays as a prefix cache; after an error its state is unknown and
+        is cleared.
         """
         if seq in self._active:
             self._active.remove(seq)
-            if error is None:
-                self._cached[seq.slot] = (seq.prompt + seq.output)[:seq.n_past]
+            if error is None:  # keep the prompt part (output tokens were cut differently)
+                self._cached[seq.slot] = (seq.prompt[:seq.bounds[-1] if seq.bounds else 0],
+                                          seq.bounds)
             else:
                 llama_cpp.llama_memory_seq_rm(self._mem, seq.slot, -1, -1)
             self._free_slots.append(seq.slot)
@@ -543,7 +620,7 @@ class BatchWorker:
         llama_cpp.llama_model_free(self._model)
 
 
-def _common_prefix(a: list[int] | tuple[()], b: list[int]) -> int:
+def _common_prefix(a: list[int], b: list[int]) -> int:
     n = min(len(a), len(b))
     i = 0
     while i < n and a[i] == b[i]:

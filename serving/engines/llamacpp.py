@@ -9,8 +9,13 @@ can run beside it: chat templating, tokenizing, validation and sampler-chain set
 thread-pool thread (so the event loop never blocks), then streams the worker's chunks.
 
 Errors a caller can fix (prompt too long, bad sampling options, queue full) are raised
-before the first chunk. Closing the iterator early aborts the request: its slot, KV
-entries and sampler are freed within one decode step.
+before the first chunk. Closing the iterator early aborts the request: within one decode
+step its slot and sampler are freed and its KV beyond the prompt is dropped (the prompt
+part stays as a prefix cache that the slot's next request reuses or overwrites).
+
+Threads: ``n_threads`` (default: all cores) is the most used for prompts and batches;
+single-token steps use half of it, like ``llama_cpp.Llama``. When ``n_threads`` is not
+set, batches use only the cores other processes leave free (see ``ThreadTuner``).
 """
 
 from __future__ import annotations
@@ -60,8 +65,9 @@ __all__ = ["LlamaCppEngine"]
 
 logger = logging.getLogger(__name__)
 
-# Physical batch (ubatch) cap: larger prompt chunks only raise peak memory on a CPU.
-MAX_UBATCH = 512
+# Prompt tokens a sequence prefills per step (capped by batch_size): big enough for
+# llama.cpp's fast batched path, small enough that one step stays well under a second.
+PREFILL_CHUNK = 256
 # Seconds aclose() waits for the worker to finish its current step and free the model.
 CLOSE_TIMEOUT_S = 30.0
 # Seconds abort() waits for the worker to confirm the request is gone.
@@ -113,25 +119,31 @@ class LlamaCppEngine(Engine):
         model = llama_cpp.llama_model_load_from_file(str(path).encode(), mparams)
         if not model:
             raise EngineError(f"llama.cpp could not load {path}")
+        ctx = None
         try:
             self._vocab = llama_cpp.llama_model_get_vocab(model)
             self._n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
             ctx, n_batch = self._new_context(model, options)
+            self._formatter = self._chat_formatter(model)
+            self._add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self._vocab))
+            self._bos_text = self._token_text(llama_cpp.llama_vocab_bos(self._vocab))
+            # ignore_eos: bias every end-of-generation token to -inf (built once, copied
+            # by each sampler), so the text stays natural instead of running past an EOS.
+            eog = [t for t in range(self._n_vocab)
+                   if llama_cpp.llama_vocab_is_eog(self._vocab, t)]
+            self._eog_bias = (llama_cpp.llama_logit_bias * len(eog))()
+            for i, tok in enumerate(eog):
+                self._eog_bias[i].token, self._eog_bias[i].bias = tok, float("-inf")
         except BaseException:
+            if ctx:
+                llama_cpp.llama_free(ctx)
             llama_cpp.llama_model_free(model)
             raise
-        self._formatter = self._chat_formatter(model)
-        self._add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self._vocab))
-        self._bos_text = self._token_text(llama_cpp.llama_vocab_bos(self._vocab))
-        # ignore_eos: bias every end-of-generation token to -inf (built once, copied by
-        # each sampler), so the text stays natural instead of running past an EOS.
-        eog = [t for t in range(self._n_vocab) if llama_cpp.llama_vocab_is_eog(self._vocab, t)]
-        self._eog_bias = (llama_cpp.llama_logit_bias * len(eog))()
-        for i, tok in enumerate(eog):
-            self._eog_bias[i].token, self._eog_bias[i].bias = tok, float("-inf")
         self._worker = BatchWorker(model=model, ctx=ctx, vocab=self._vocab, n_batch=n_batch,
                                    n_seq_max=options.parallel, max_queue=options.max_queue,
                                    draft_tokens=options.prompt_lookup_tokens,
+                                   prefill_chunk=_prefill_chunk(options),
+                                   gen_threads=_gen_threads(options),
                                    tuner=ThreadTuner(_max_threads(options),
                                                      fixed=options.n_threads is not None))
         self._closed = False
@@ -146,22 +158,26 @@ class LlamaCppEngine(Engine):
     def _new_context(model: Any, options: LlamaCppOptions) -> tuple[Any, int]:
         """One KV stream per sequence (``kv_unified`` off): a sequence's attention only
         reads its own cells, which is faster when prompts share no prefix."""
-        threads = _max_threads(options)
-        n_batch = max(options.batch_size, options.parallel)
+        # Room for one token of every sequence plus a whole prompt chunk, in a single
+        # ubatch so llama.cpp never cuts a chunk where we did not.
+        n_batch = max(options.batch_size, options.parallel + _prefill_chunk(options))
         params = llama_cpp.llama_context_default_params()
         params.n_ctx = options.parallel * options.context_length
         params.n_seq_max = options.parallel
         params.n_batch = n_batch
-        params.n_ubatch = min(n_batch, MAX_UBATCH)
+        params.n_ubatch = n_batch
         params.n_outputs_max_per_seq = 0  # drafts need several outputs per sequence
-        params.n_threads = params.n_threads_batch = threads
+        params.n_threads, params.n_threads_batch = _gen_threads(options), _max_threads(options)
         params.kv_unified = False
-        # Flash attention off: with it, logits depend on the thread count once the KV
-        # grows (measured: up to 0.7 apart at 700 tokens), which would break seeded
-        # reproducibility under thread tuning. Off, they are bit-identical for any
-        # thread count and batch layout, and as llama_cpp.Llama computes them; the speed
-        # is within a few percent either way on CPU.
-        params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        # Flash attention on, and single-token steps on cores // 2 threads (1 on a
+        # 2-core machine, llama_cpp.Llama's default too). Measured on this llama.cpp:
+        # with flash attention, logits are bit-identical whatever the batch layout
+        # (several sequences per step, draft tokens, prompt chunks) and the thread count
+        # of multi-token steps; only single-token steps on >1 thread split the KV and
+        # drift (up to 0.5 in logits past ~400 tokens). Without it, a sequence's
+        # multi-token steps (drafts, prefill) drift by as much. Bit-identical logits are
+        # what make prompt-lookup decoding exact and seeds reproducible under batching.
+        params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
         params.no_perf = True
         ctx = llama_cpp.llama_init_from_model(model, params)
         if not ctx:
@@ -364,7 +380,17 @@ class LlamaCppEngine(Engine):
 
 
 def _max_threads(options: LlamaCppOptions) -> int:
+    """Threads for prompts and batches: ``n_threads``, or all cores (then tuned)."""
     return options.n_threads or os.cpu_count() or 1
+
+
+def _prefill_chunk(options: LlamaCppOptions) -> int:
+    return min(PREFILL_CHUNK, options.batch_size)
+
+
+def _gen_threads(options: LlamaCppOptions) -> int:
+    """Threads for single-token steps: half of the above, as llama_cpp.Llama does."""
+    return max(1, _max_threads(options) // 2)
 
 
 def _validate(s: SamplingOptions) -> None:

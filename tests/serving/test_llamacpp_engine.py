@@ -128,13 +128,13 @@ async def test_stop_matcher_holds_back_partial_matches() -> None:
 
 
 async def test_prompt_lookup_drafts_the_continuation_of_the_latest_match() -> None:
-    lookup = PromptLookup([1, 2, 3, 4, 5, 9, 2, 3, 7, 8])
-    assert lookup.draft(3) == []  # tail (7, 8) never seen before
-    lookup.append(2)
-    lookup.append(3)
-    assert lookup.draft(3) == [7, 8, 2]  # latest (2, 3) is followed by 7, 8, ...
-    lookup.append(4)
-    assert lookup.draft(2) == [5, 9]  # the 3-gram (2, 3, 4) beats the 2-gram (3, 4)
+    lookup = PromptLookup([1, 2, 3, 4, 5, 9, 1, 2, 3, 7, 8])
+    assert lookup.draft(3) == []  # tail (3, 7, 8) never seen before
+    for tok in (1, 2, 3):
+        lookup.append(tok)
+    assert lookup.draft(3) == [7, 8, 1]  # the latest (1, 2, 3) is followed by 7, 8, ...
+    lookup = PromptLookup([5, 2, 3, 4, 10, 11, 6, 2, 3, 4, 20, 21, 5, 2, 3, 4])
+    assert lookup.draft(2) == [10, 11]  # the 4-gram (5, 2, 3, 4) beats the 3-gram
 
 
 # ---- the engine ----------------------------------------------------------------------
@@ -341,8 +341,10 @@ async def test_prompt_lookup_gives_identical_greedy_output(engine: LlamaCppEngin
             assert _text(spec) == _text(plain)
             assert spec[-1].completion_tokens == plain[-1].completion_tokens
             assert spec[-1].finish_reason == plain[-1].finish_reason
-        # A seeded sampled run is reproduced exactly too (same sampler draws).
+        # A seeded sampled run is reproducible with drafting on. (Not compared with the
+        # plain engine: a batched draft evaluation may differ from one-token evaluation
+        # in the last float bits, which can flip a sampled draw on another CPU.)
         kwargs = dict(max_tokens=48, temperature=0.8, seed=7)
-        assert (_text(await _collect(fast, _request(RAG, **kwargs)))
-                == _text(await _collect(engine, _request(RAG, **kwargs))))
+        first = _text(await _collect(fast, _request(RAG, **kwargs)))
+        assert first and first == _text(await _collect(fast, _request(RAG, **kwargs)))
         assert fast._worker.stats["accepted"] > 0  # drafts were really used

@@ -1,0 +1,84 @@
+"""Typed FastAPI dependencies: routes declare what they need, the lifespan provides it.
+
+Why aliases on ``app.state``: the store, index and pipeline are built in the lifespan
+(never at import time), and tests swap them with ``app.dependency_overrides`` or by
+setting the state. A route that needs the pipeline before it is built gets a 503 with
+Retry-After (the same answer the serving layer gives while the model loads).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from retrieval.index import LocalIndex
+from search_app.config import Settings
+from search_app.pipeline import AnswerPipeline
+from search_app.store import Store
+from serving.errors import EngineNotReadyError
+
+__all__ = [
+    "AnswerServices",
+    "ClientIdDep",
+    "IndexDep",
+    "PipelineDep",
+    "SettingsDep",
+    "StoreDep",
+    "client_id",
+]
+
+CLIENT_HEADER = "X-Client-Id"
+CLIENT_COOKIE = "search_app_client"
+
+
+@dataclass
+class AnswerServices:
+    """What the lifespan builds once the models are loaded."""
+
+    pipeline: AnswerPipeline
+    index: LocalIndex
+
+
+def _services(request: Request) -> AnswerServices:
+    services: AnswerServices | None = getattr(request.app.state, "answer", None)
+    if services is None:
+        failure = getattr(request.app.state, "answer_failure", None)
+        if failure:
+            raise EngineNotReadyError(f"The answer engine failed to start: {failure}")
+        raise EngineNotReadyError("The answer engine is still loading; retry in a few "
+                                  "seconds.")
+    return services
+
+
+def _pipeline(request: Request) -> AnswerPipeline:
+    return _services(request).pipeline
+
+
+def _index(request: Request) -> LocalIndex:
+    return _services(request).index
+
+
+def _store(request: Request) -> Store:
+    store: Store | None = getattr(request.app.state, "store", None)
+    if store is None:
+        raise EngineNotReadyError("The store is not open yet; retry in a moment.")
+    return store
+
+
+def _settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def client_id(request: Request) -> str | None:
+    """Who is asking, for history listings: the X-Client-Id header, else the cookie."""
+    value = request.headers.get(CLIENT_HEADER) or request.cookies.get(CLIENT_COOKIE)
+    return value.strip()[:100] if value and value.strip() else None
+
+
+PipelineDep = Annotated[AnswerPipeline, Depends(_pipeline)]
+IndexDep = Annotated[LocalIndex, Depends(_index)]
+StoreDep = Annotated[Store, Depends(_store)]
+SettingsDep = Annotated[Settings, Depends(_settings)]
+ClientIdDep = Annotated[str | None, Depends(client_id)]

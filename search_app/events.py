@@ -1,0 +1,134 @@
+"""The events of one answer, as pydantic models: the native SSE API's protocol.
+
+Why one module of plain models: the pipeline yields these, ``POST /api/search`` sends
+each as a named SSE event with its JSON, the store keeps the list as it was streamed
+(``GET /api/search/{id}`` replays it) and ``POST /query`` translates them into the Lepton
+marker format. One definition keeps the four in step. Order of one answer::
+
+    search -> sources -> delta* -> related -> support -> timings -> done
+    (error may come at any point after search, and is then the last event)
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, Field
+
+__all__ = [
+    "AnswerEvent",
+    "DeltaEvent",
+    "DoneEvent",
+    "ErrorEvent",
+    "RelatedEvent",
+    "SearchEvent",
+    "Source",
+    "SourcesEvent",
+    "SentenceSupport",
+    "SupportEvent",
+    "TimingsEvent",
+    "Usage",
+    "event_from_dict",
+]
+
+
+class AnswerEvent(BaseModel):
+    """Base: ``name`` is the SSE event name; ``payload()`` the JSON data."""
+
+    name: ClassVar[str]
+
+    def payload(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def record(self) -> dict[str, Any]:
+        """The stored form: ``{"event": name, "data": payload}``."""
+        return {"event": self.name, "data": self.payload()}
+
+
+class SearchEvent(AnswerEvent):
+    name: ClassVar[str] = "search"
+    search_id: str
+    thread_id: str
+    query: str
+    search_query: str = Field(description="What was sent to the search provider "
+                                          "(follow-ups are rewritten with the history).")
+
+
+class Source(BaseModel):
+    number: int = Field(description="The N of [citation:N], 1-based.")
+    title: str
+    url: str
+    site: str
+    snippet: str
+
+
+class SourcesEvent(AnswerEvent):
+    name: ClassVar[str] = "sources"
+    sources: list[Source]
+    provider: str | None = None
+    relevant: bool = Field(True, description="False: the relevance gate found no passage "
+                                             "close enough; the answer abstains.")
+
+
+class DeltaEvent(AnswerEvent):
+    name: ClassVar[str] = "delta"
+    text: str
+
+
+class RelatedEvent(AnswerEvent):
+    name: ClassVar[str] = "related"
+    questions: list[str]
+
+
+class SentenceSupport(BaseModel):
+    sentence: str
+    cited: list[int] = Field(description="Sources the sentence cites (after auto-citing).")
+    supported: bool
+    score: float = Field(description="Best cosine similarity to a checked passage.")
+    best_source: int | None
+
+
+class SupportEvent(AnswerEvent):
+    name: ClassVar[str] = "support"
+    sentences: list[SentenceSupport]
+    threshold: float
+    supported_ratio: float | None
+
+
+class TimingsEvent(AnswerEvent):
+    name: ClassVar[str] = "timings"
+    search_ms: float
+    read_ms: float
+    rank_ms: float
+    ttft_ms: float | None
+    total_ms: float
+    fallbacks: list[str] = Field(default_factory=list,
+                                 description="Stages that ran out of time and fell back.")
+
+
+class Usage(BaseModel):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class DoneEvent(AnswerEvent):
+    name: ClassVar[str] = "done"
+    finish_reason: Literal["stop", "length", "timeout", "no_relevant_sources"]
+    usage: Usage
+
+
+class ErrorEvent(AnswerEvent):
+    name: ClassVar[str] = "error"
+    code: str
+    message: str
+
+
+_BY_NAME: dict[str, type[AnswerEvent]] = {
+    cls.name: cls for cls in (SearchEvent, SourcesEvent, DeltaEvent, RelatedEvent,
+                              SupportEvent, TimingsEvent, DoneEvent, ErrorEvent)
+}
+
+
+def event_from_dict(record: dict[str, Any]) -> AnswerEvent:
+    """Rebuild an event from its stored ``{"event", "data"}`` form."""
+    return _BY_NAME[record["event"]].model_validate(record["data"])

@@ -1,0 +1,354 @@
+"""The answer pipeline: one question in, a stream of events out.
+
+Read :meth:`AnswerPipeline.run` top to bottom; it is the whole flow, in order::
+
+    rewrite follow-up -> search (provider chain) -> read pages (budgeted) -> rank
+    -> relevance gate -> pack into the model's context window
+    -> stream the answer, sentence by sentence, each checked and cited
+       (related questions generated alongside, JSON-schema constrained)
+    -> related, support, timings, done -> store
+
+Every stage has a time budget and a fallback and reports its duration: a slow search
+hands over to the next provider (the chain), slow pages fall back to their snippets, a
+slow ranking falls back to the provider's order, slow related questions become ``[]``,
+and an answer that runs past its budget stops with ``finish_reason="timeout"``. The main
+path fails loudly: no search results from any provider, or a model that is down or fails
+mid-answer, end the stream with an ``error`` event and nothing is stored. Closing the
+event iterator (the client went away) cancels whatever stage is running: page reads are
+cancelled and the engine's iterator is closed, which aborts the generation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from urllib.parse import urlsplit
+
+from retrieval.providers import FallbackSearch, ProviderError
+from retrieval.ranking import Ranker
+from retrieval.reader import PageReader
+from retrieval.types import Document, Passage, SearchResult
+from search_app import prompts
+from search_app.events import (
+    AnswerEvent,
+    DeltaEvent,
+    DoneEvent,
+    ErrorEvent,
+    RelatedEvent,
+    SearchEvent,
+    SentenceSupport,
+    Source,
+    SourcesEvent,
+    SupportEvent,
+    TimingsEvent,
+    Usage,
+)
+from search_app.grounding import Grounder, SentenceSplitter
+from search_app.store import AnswerRecord, Store
+from serving.engines.base import Engine, GenerationChunk, GenerationRequest, SamplingOptions
+from serving.errors import ServingError
+
+__all__ = ["AnswerPipeline", "AnswerRequest", "PipelineOptions", "rewrite_query"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PipelineOptions:
+    """Tunables (the app's Settings fills them; defaults suit SmolLM2 on 2 CPU cores)."""
+
+    sources: int = 8                  # search results asked for (REFERENCE_COUNT upstream)
+    passages: int = 12                # ranked passages offered to the packer
+    answer_max_tokens: int = 384      # room kept for the answer (capped at 1/4 context)
+    template_overhead: int = 64       # chat-template tokens not counted piecewise
+    history_turns: int = 3            # earlier turns of a thread given to the model
+    history_answer_chars: int = 600   # each earlier answer cut to this
+    snippet_chars: int = 300          # source snippet shown to the user
+    rank_timeout_s: float = 10.0
+    first_token_timeout_s: float = 30.0
+    answer_timeout_s: float = 90.0
+    related_timeout_s: float = 20.0
+    related_max_tokens: int = 200
+    temperature: float = 0.2          # low: grounded answers, little invention
+    repetition_penalty: float = 1.1   # tiny models loop without it
+
+
+@dataclass
+class AnswerRequest:
+    query: str
+    history: Sequence[tuple[str, str]] = ()   # earlier (question, answer) of the thread
+    thread_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    search_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    client_id: str | None = None
+    provider: str | None = None
+    sources: int | None = None
+    read_pages: bool = True
+    related: bool = True
+
+
+class AnswerPipeline:
+    def __init__(self, *, engine: Callable[[], Engine], chains: Mapping[str, FallbackSearch],
+                 default_provider: str, ranker: Ranker, grounder: Grounder,
+                 reader: PageReader | None = None, store: Store | None = None,
+                 options: PipelineOptions | None = None) -> None:
+        self.engine = engine  # a callable: the registry raises until the model is ready
+        self.chains = chains
+        self.default_provider = default_provider
+        self.ranker = ranker
+        self.grounder = grounder
+        self.reader = reader
+        self.store = store
+        self.options = options or PipelineOptions()
+
+    async def run(self, req: AnswerRequest) -> AsyncIterator[AnswerEvent]:
+        """The events of one answer; the last is ``done`` or ``error``."""
+        opts, started, fallbacks = self.options, time.perf_counter(), []
+        recorded: list[AnswerEvent] = []
+
+        def emit(event: AnswerEvent) -> AnswerEvent:
+            recorded.append(event)
+            return event
+
+        search_query = rewrite_query(req.query, req.history)
+        yield emit(SearchEvent(search_id=req.search_id, thread_id=req.thread_id,
+                               query=req.query, search_query=search_query))
+        # 1. Search: the chain has a timeout per provider and falls back to the next.
+        t0 = time.perf_counter()
+        chain = self.chains[req.provider or self.default_provider]
+        try:
+            found = await chain.search(search_query, req.sources or opts.sources)
+        except ProviderError as exc:
+            yield ErrorEvent(code="search_failed", message=exc.message)
+            return
+        search_ms = _ms(t0)
+        # 2. Read pages (web providers only: local results already carry the full text).
+        t0 = time.perf_counter()
+        if req.read_pages and self.reader is not None and found.provider != "local":
+            docs = await self.reader.read(found.results)
+            slow = sum(d.status != "ok" for d in docs)
+            if slow:
+                fallbacks.append(f"read: {slow} of {len(docs)} pages used their snippet")
+        else:
+            docs = [_as_document(r) for r in found.results]
+        read_ms = _ms(t0)
+        # 3. Rank passages (fallback: the provider's order, one passage per result).
+        t0 = time.perf_counter()
+        try:
+            async with asyncio.timeout(opts.rank_timeout_s):
+                passages = await self.ranker.rank(search_query, docs, opts.passages)
+        except TimeoutError:
+            fallbacks.append(f"rank: over {opts.rank_timeout_s:g} s, provider order used")
+            passages = [Passage(text=d.text[:1500], url=d.url, title=d.title, source_id=i,
+                                position=0) for i, d in enumerate(docs, 1)]
+        rank_ms = _ms(t0)
+        # 4. Relevance gate: nothing close enough -> abstain without asking the model.
+        relevant = self.grounder.relevant(passages)
+        try:
+            engine = self.engine()
+        except ServingError as exc:
+            yield ErrorEvent(code="model_unavailable", message=exc.message)
+            return
+        # 5. Pack the best passages into the model's real context window.
+        packed, answer_tokens, history, origin = (
+            await _pack(engine, req, passages, opts) if relevant else ([], 0, [], {}))
+        sources = _sources(origin, docs, opts.snippet_chars)
+        yield emit(SourcesEvent(sources=sources, provider=found.provider, relevant=relevant))
+        context = prompts.format_context([(p.source_id, p.title, p.text) for p in packed])
+
+        # 6. Stream the answer a sentence at a time, checking and citing each sentence;
+        #    related questions are generated at the same time.
+        related_task = (asyncio.create_task(self._related(engine, req.query, context))
+                        if req.related and packed else None)
+        support: list[SentenceSupport] = []
+        answer, ttft_ms, usage, finish = "", None, Usage(), "no_relevant_sources"
+        try:
+            if not packed:
+                answer = prompts.ABSTAIN_TEXT
+                yield emit(DeltaEvent(text=answer))
+            else:
+                request = GenerationRequest(
+                    request_id=f"answer-{req.search_id}",
+                    messages=prompts.answer_messages(req.query, context, history),
+                    sampling=SamplingOptions(max_tokens=answer_tokens,
+                                             temperature=opts.temperature,
+                                             repetition_penalty=opts.repetition_penalty))
+                splitter, t_gen = SentenceSplitter(), time.perf_counter()
+                finish = "stop"
+                async with contextlib.aclosing(engine.generate(request)) as stream:
+                    while True:
+                        try:
+                            chunk = await _next(stream, t_gen, ttft_ms, opts)
+                        except TimeoutError:  # past the answer budget: keep what we have
+                            finish = "timeout"
+                            fallbacks.append(f"answer: stopped at {opts.answer_timeout_s:g} s")
+                            break
+                        if chunk is None:
+                            break
+                        ttft_ms = ttft_ms if ttft_ms is not None else _ms(t_gen)
+                        usage = Usage(prompt_tokens=chunk.prompt_tokens,
+                                      completion_tokens=chunk.completion_tokens)
+                        finish = chunk.finish_reason or finish
+                        for sentence in splitter.feed(chunk.text):
+                            text, checked = await self.grounder.check(
+                                sentence, packed, req.query, len(sources))
+                            answer += text
+                            support.append(checked)
+                            yield emit(DeltaEvent(text=text))
+                rest = splitter.flush()
+                if rest.strip():
+                    text, checked = await self.grounder.check(rest, packed, req.query,
+                                                              len(sources))
+                    answer += text
+                    support.append(checked)
+                    yield emit(DeltaEvent(text=text))
+            related = await _settle(related_task, opts.related_timeout_s, fallbacks)
+        except _FirstTokenTimeout:
+            yield ErrorEvent(code="model_timeout", message=f"The model sent nothing within "
+                             f"{opts.first_token_timeout_s:g} s; try again later.")
+            return
+        except ServingError as exc:
+            yield ErrorEvent(code="model_error", message=exc.message)
+            return
+        finally:
+            if related_task is not None and not related_task.done():
+                related_task.cancel()
+
+        # 7. The extras, the timings, then store before the final event.
+        yield emit(RelatedEvent(questions=related))
+        ratio = (sum(s.supported for s in support) / len(support)) if support else None
+        yield emit(SupportEvent(sentences=support, threshold=self.grounder.support_threshold,
+                                supported_ratio=ratio))
+        yield emit(TimingsEvent(search_ms=search_ms, read_ms=read_ms, rank_ms=rank_ms,
+                                ttft_ms=ttft_ms, total_ms=_ms(started), fallbacks=fallbacks))
+        done = emit(DoneEvent(finish_reason=finish, usage=usage))  # type: ignore[arg-type]
+        if self.store is not None:
+            try:
+                await self.store.asave_answer(AnswerRecord(
+                    id=req.search_id, thread_id=req.thread_id, client_id=req.client_id,
+                    query=req.query, search_query=search_query, answer=answer,
+                    events=[e.record() for e in recorded], created=time.time()))
+            except Exception as exc:  # the answer is complete; say why it is not saved
+                log.exception("storing answer %s failed", req.search_id)
+                yield ErrorEvent(code="store_failed", message=f"{type(exc).__name__}")
+                return
+        yield done
+
+    async def _related(self, engine: Engine, question: str, context: str) -> list[str]:
+        """Three follow-up questions via JSON-schema constrained decoding; [] on failure."""
+        request = GenerationRequest(
+            request_id=f"related-{uuid.uuid4().hex}",
+            messages=prompts.related_messages(question, context[:1500]),
+            sampling=SamplingOptions(max_tokens=self.options.related_max_tokens,
+                                     temperature=0.7, json_schema=prompts.RELATED_SCHEMA))
+        text = ""
+        async with contextlib.aclosing(engine.generate(request)) as stream:
+            async for chunk in stream:
+                text += chunk.text
+        questions = json.loads(text).get("questions", [])
+        # The grammar guarantees the shape, not the sense: keep real questions only.
+        return [q.strip() for q in questions if isinstance(q, str)
+                and len(q.split()) >= 3 and q.strip().endswith("?")][:5]
+
+
+# --- helpers ------------------------------------------------------------------------
+
+class _FirstTokenTimeout(Exception):
+    """The model did not start answering within its budget."""
+
+
+def rewrite_query(question: str, history: Sequence[tuple[str, str]]) -> str:
+    """A standalone search query for a follow-up. Deterministic on purpose: a 135M model
+    rewrites badly, while "previous question + new question" keeps the topic words a
+    follow-up like "when was it built?" lacks. Only the last turn is used."""
+    if not history:
+        return question
+    return f"{history[-1][0]} {question}"[-1000:]
+
+
+def _ms(since: float) -> float:
+    return round((time.perf_counter() - since) * 1000, 1)
+
+
+def _as_document(result: SearchResult) -> Document:
+    return Document(result=result, text=result.snippet, title=result.title, status="ok",
+                    published=result.published)
+
+
+async def _next(stream: AsyncIterator[GenerationChunk], t_gen: float, ttft_ms: float | None,
+                opts: PipelineOptions) -> GenerationChunk | None:
+    """The next chunk within the first-token or the whole-answer budget; None at end."""
+    limit = opts.first_token_timeout_s if ttft_ms is None else opts.answer_timeout_s
+    remaining = limit - (time.perf_counter() - t_gen)
+    try:
+        async with asyncio.timeout(max(remaining, 0.001)):
+            return await anext(stream, None)
+    except TimeoutError:
+        if ttft_ms is None:
+            raise _FirstTokenTimeout from None
+        raise
+
+
+async def _settle(task: asyncio.Task[list[str]] | None, timeout_s: float,
+                  fallbacks: list[str]) -> list[str]:
+    """Related questions are an extra: any failure or delay gives ``[]``."""
+    if task is None:
+        return []
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await task
+    except TimeoutError:
+        fallbacks.append(f"related: over {timeout_s:g} s")
+    except Exception as exc:
+        log.info("related questions failed: %s", type(exc).__name__)
+    return []
+
+
+async def _pack(engine: Engine, req: AnswerRequest, passages: list[Passage],
+                opts: PipelineOptions
+                ) -> tuple[list[Passage], int, list[tuple[str, str]], dict[int, int]]:
+    """Passages (renumbered 1..n by first appearance) that fit the context window, the
+    answer's token budget, the history turns that fit, and source number -> document
+    number."""
+    window = engine.info.context_length
+    answer_tokens = max(32, min(opts.answer_max_tokens, window // 4))
+    history = [(q, a[:opts.history_answer_chars]) for q, a in
+               list(req.history)[-opts.history_turns:]]
+    fixed_text = prompts.ANSWER_SYSTEM.format(context="") + req.query
+    budget = window - answer_tokens - opts.template_overhead
+    budget -= await engine.count_tokens(fixed_text)
+    while history:  # the oldest turns go first when the window is tight
+        used = sum([await engine.count_tokens(q + a) for q, a in history])
+        if used <= budget // 2:
+            budget -= used
+            break
+        history.pop(0)
+    packed: list[Passage] = []
+    numbers: dict[int, int] = {}  # document number (1-based, in docs) -> source number
+    for p in passages:
+        number = numbers.get(p.source_id, len(numbers) + 1)
+        cost = await engine.count_tokens(prompts.format_context([(number, p.title, p.text)]))
+        if cost + 2 > budget:
+            continue
+        budget -= cost + 2
+        numbers[p.source_id] = number
+        packed.append(replace(p, source_id=number))
+    return packed, answer_tokens, history, {n: d for d, n in numbers.items()}
+
+
+def _sources(origin: dict[int, int], docs: list[Document], snippet_chars: int
+             ) -> list[Source]:
+    """One source per number, in number order, from the documents they came from."""
+    out: dict[int, Source] = {}
+    for number, document in sorted(origin.items()):
+        doc = docs[document - 1]
+        site = (urlsplit(doc.url).hostname or "").removeprefix("www.")
+        snippet = " ".join((doc.result.snippet or doc.text).split())
+        out[number] = Source(number=number, title=doc.title or doc.result.title,
+                             url=doc.url, site=site, snippet=snippet[:snippet_chars])
+    return list(out.values())

@@ -1,0 +1,12 @@
+"""The answer engine's HTTP routes, one router per area; ``router`` collects them."""
+
+from fastapi import APIRouter
+
+from search_app.routes import lepton, search, searxng
+
+__all__ = ["router"]
+
+router = APIRouter()
+router.include_router(search.router)
+router.include_router(lepton.router)
+router.include_router(searxng.router)

@@ -1,0 +1,107 @@
+"""``POST /query``: the search_with_lepton protocol, a thin adapter over the pipeline.
+
+The Lepton front end reads one ``text/html`` stream: the sources as a JSON array, the
+``__LLM_RESPONSE__`` marker, the answer text, then (when asked) the
+``__RELATED_QUESTIONS__`` marker and a JSON array of ``{"question"}``. A finished
+response is stored under ``search_uuid`` and replayed in one chunk on a later request
+with the same id (the query is not compared, as upstream). See
+docs/search-api.md and the wire-format notes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel
+
+from search_app.deps import PipelineDep, StoreDep
+from search_app.events import (
+    AnswerEvent,
+    DeltaEvent,
+    DoneEvent,
+    ErrorEvent,
+    RelatedEvent,
+    SearchEvent,
+    SourcesEvent,
+)
+from search_app.pipeline import AnswerRequest
+from serving.errors import BadRequestError, error_body
+
+__all__ = ["LeptonQuery", "router"]
+
+router = APIRouter(tags=["lepton"])
+
+LLM_MARKER = "\n\n__LLM_RESPONSE__\n\n"
+RELATED_MARKER = "\n\n__RELATED_QUESTIONS__\n\n"
+_ERROR_STATUS = {"model_unavailable": 503, "search_failed": 502}
+
+
+class LeptonQuery(BaseModel):
+    query: str
+    search_uuid: str
+    generate_related_questions: bool = True
+
+
+@router.post("/query", response_class=StreamingResponse,
+             responses={200: {"content": {"text/html": {}}}})
+async def query(body: LeptonQuery, pipeline: PipelineDep, store: StoreDep) -> Response:
+    """search_with_lepton's endpoint, byte-compatible with its front end."""
+    if not body.search_uuid:
+        raise BadRequestError("search_uuid must be provided.", param="search_uuid")
+    cached = await store.aget_lepton(body.search_uuid)
+    if cached is not None:
+        return Response(cached, media_type="text/html")
+    if not body.query.strip():
+        raise BadRequestError("query must be provided.", param="query")
+    request = AnswerRequest(query=body.query.strip(),
+                            related=body.generate_related_questions)
+    stream = pipeline.run(request)
+    # Wait for the first real event: an error before any output can still be a status
+    # code (the front end shows its error overlay for anything but 200).
+    first: AnswerEvent | None = None
+    async for event in stream:
+        if not isinstance(event, SearchEvent):
+            first = event
+            break
+    if isinstance(first, ErrorEvent) or first is None:
+        await stream.aclose()
+        code = first.code if first else "internal_error"
+        message = first.message if first else "The pipeline ended without an answer."
+        status = _ERROR_STATUS.get(code, 500)
+        return JSONResponse(error_body(message, code, status), status_code=status)
+
+    async def text() -> AsyncIterator[str]:
+        parts: list[str] = []
+        finished = False
+        async with contextlib.aclosing(stream):
+            event: AnswerEvent | None = first
+            while event is not None and not isinstance(event, ErrorEvent):
+                if isinstance(event, DoneEvent):
+                    finished = True
+                    break
+                piece = _translate(event, body.generate_related_questions)
+                if piece:
+                    parts.append(piece)
+                    yield piece
+                event = await anext(stream, None)
+        if finished:  # nothing is stored for a client that left or an answer that failed
+            await store.asave_lepton(body.search_uuid, "".join(parts))
+
+    return StreamingResponse(text(), media_type="text/html")
+
+
+def _translate(event: AnswerEvent, related: bool) -> str:
+    """One native event as Lepton text (events Lepton has no place for give "")."""
+    if isinstance(event, SourcesEvent):
+        contexts = [{"id": str(s.number), "name": s.title, "url": s.url,
+                     "snippet": s.snippet} for s in event.sources]
+        return json.dumps(contexts) + LLM_MARKER
+    if isinstance(event, DeltaEvent):
+        return event.text
+    if isinstance(event, RelatedEvent) and related:
+        return RELATED_MARKER + json.dumps([{"question": q} for q in event.questions[:5]])
+    return ""

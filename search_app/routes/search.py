@@ -1,0 +1,114 @@
+"""The native API: ``POST /api/search`` (SSE), stored answers, threads and history."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Query
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from sse_starlette import EventSourceResponse, ServerSentEvent
+
+from search_app.deps import CLIENT_COOKIE, ClientIdDep, PipelineDep, SettingsDep, StoreDep
+from search_app.events import ErrorEvent
+from search_app.grounding import strip_citations
+from search_app.pipeline import AnswerRequest
+from serving.errors import BadRequestError
+
+__all__ = ["SearchRequest", "router"]
+
+log = logging.getLogger(__name__)
+router = APIRouter(prefix="/api", tags=["search"])
+
+
+class SearchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    query: str = Field(..., min_length=1, max_length=2000)
+    thread_id: str | None = Field(None, max_length=100,
+                                  description="Continue this thread (a follow-up).")
+    provider: str | None = Field(None, description="A configured provider (chain); "
+                                                   "default: the configured chain.")
+    sources: int | None = Field(None, ge=1, le=20, description="Search results to use.")
+    read_pages: bool = Field(True, description="Read the pages (web providers).")
+    related: bool = Field(True, description="Generate related questions.")
+
+    @field_validator("query")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("query must not be blank")
+        return value.strip()
+
+
+@router.post("/search", response_class=EventSourceResponse,
+             responses={200: {"content": {"text/event-stream": {}},
+                              "description": "Server-Sent Events, JSON data; see "
+                                             "docs/search-api.md"}})
+async def search(body: SearchRequest, pipeline: PipelineDep, store: StoreDep,
+                 settings: SettingsDep, client: ClientIdDep) -> EventSourceResponse:
+    """Answer a question as a stream of named events (search, sources, delta, ...)."""
+    if body.provider is not None and body.provider not in pipeline.chains:
+        raise BadRequestError(f"Unknown provider {body.provider!r}; configured: "
+                              f"{', '.join(pipeline.chains)}.", param="provider")
+    history: list[tuple[str, str]] = []
+    if body.thread_id is not None:
+        turns = await store.athread(body.thread_id)
+        if turns is None:
+            raise HTTPException(404, f"Thread {body.thread_id!r} not found.")
+        history = [(t.query, strip_citations(t.answer)) for t in turns]
+    client_id = client or uuid.uuid4().hex
+    request = AnswerRequest(query=body.query, history=history,
+                            thread_id=body.thread_id or uuid.uuid4().hex,
+                            client_id=client_id, provider=body.provider,
+                            sources=body.sources, read_pages=body.read_pages,
+                            related=body.related)
+
+    async def events() -> AsyncIterator[ServerSentEvent]:
+        # aclosing: a disconnect closes the pipeline at once (engine abort, reads cancelled)
+        try:
+            async with contextlib.aclosing(pipeline.run(request)) as stream:
+                async for event in stream:
+                    yield ServerSentEvent(data=event.model_dump_json(), event=event.name)
+        except Exception as exc:  # a bug, not a client error: say so as the last event
+            log.exception("answer %s failed", request.search_id)
+            error = ErrorEvent(code="internal_error", message=type(exc).__name__)
+            yield ServerSentEvent(data=error.model_dump_json(), event=error.name)
+
+    response = EventSourceResponse(events(), ping=settings.sse_ping_s)
+    if client is None:
+        response.set_cookie(CLIENT_COOKIE, client_id, max_age=365 * 24 * 3600,
+                            httponly=True, samesite="lax")
+    return response
+
+
+@router.get("/search/{search_id}")
+async def stored_answer(search_id: str, store: StoreDep) -> dict[str, Any]:
+    """A finished answer: its fields and the exact events that were streamed."""
+    record = await store.aget_answer(search_id)
+    if record is None:
+        raise HTTPException(404, f"Answer {search_id!r} not found.")
+    return record.as_dict()
+
+
+@router.get("/threads/{thread_id}")
+async def thread(thread_id: str, store: StoreDep) -> dict[str, Any]:
+    turns = await store.athread(thread_id)
+    if turns is None:
+        raise HTTPException(404, f"Thread {thread_id!r} not found.")
+    return {"thread_id": thread_id, "answers": [t.as_dict() for t in turns]}
+
+
+@router.get("/history")
+async def history(store: StoreDep, client: ClientIdDep,
+                  client_id: str | None = Query(None, max_length=100),
+                  limit: int = Query(50, ge=1, le=500)) -> dict[str, Any]:
+    """The threads of a client (query parameter, X-Client-Id header or cookie)."""
+    who = client_id or client
+    if not who:
+        raise BadRequestError("Give client_id (query), an X-Client-Id header or the "
+                              "client cookie.", param="client_id")
+    return {"client_id": who, "threads": await store.ahistory(who, limit)}

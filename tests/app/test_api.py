@@ -1,0 +1,188 @@
+"""The answer engine's HTTP APIs over a scripted engine (fast, deterministic)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import httpx
+import pytest
+
+from search_app.events import event_from_dict
+from tests.app.support import ScriptedEngine, make_app, parse_lepton, parse_sse
+
+ORDER = ["search", "sources", "delta", "related", "support", "timings", "done"]
+
+
+def _client(app: object) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app),  # type: ignore[arg-type]
+                             base_url="http://test")
+
+
+def _collapse(names: list[str]) -> list[str]:
+    return [n for i, n in enumerate(names) if i == 0 or names[i - 1] != n]
+
+
+async def _ask(client: httpx.AsyncClient, **body: object) -> list[tuple[str, dict]]:
+    response = await client.post("/api/search", json={"query": "Who designed the Eiffel "
+                                                               "Tower?", **body})
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/event-stream")
+    return parse_sse(response.text)
+
+
+async def test_event_order_shapes_and_stored_copy(tmp_path: Path) -> None:
+    app, store = make_app(tmp_path, ScriptedEngine())
+    async with _client(app) as client:
+        events = await _ask(client)
+        assert _collapse([n for n, _ in events]) == ORDER
+        for name, data in events:  # every payload validates against its model
+            assert event_from_dict({"event": name, "data": data}).name == name
+        search, sources = events[0][1], events[1][1]["sources"]
+        assert [s["number"] for s in sources] == list(range(1, len(sources) + 1))
+        assert all(s["url"].startswith("https://") and s["site"] for s in sources)
+        answer = "".join(d["text"] for n, d in events if n == "delta")
+        cited = {int(n) for n in re.findall(r"\[citation:(\d+)\]", answer)}
+        assert cited and cited <= {s["number"] for s in sources}  # [citation:7] removed
+        assert "[citation:7]" not in answer
+        support = dict(events)["support"]["sentences"]
+        assert any(s["supported"] for s in support)
+        assert not support[-1]["supported"]  # "Bananas grow on the Moon"
+        assert dict(events)["related"]["questions"][0].endswith("?")
+        assert set(dict(events)["timings"]) >= {"search_ms", "read_ms", "rank_ms",
+                                                 "ttft_ms", "total_ms"}
+        assert dict(events)["done"]["finish_reason"] == "stop"
+
+        stored = await client.get(f"/api/search/{search['search_id']}")
+        assert stored.status_code == 200
+        record = stored.json()
+        assert [(e["event"], e["data"]) for e in record["events"]] == events
+        assert record["answer"] == answer and record["thread_id"] == search["thread_id"]
+        assert (await client.get("/api/search/nope")).status_code == 404
+
+
+@pytest.mark.parametrize("body, param", [
+    ({"query": ""}, "query"), ({"query": "   "}, "query"), ({"query": "x" * 2001}, "query"),
+    ({"query": "q", "sources": 0}, "sources"), ({"query": "q", "sources": 21}, "sources"),
+    ({"query": "q", "provider": "bing"}, "provider"), ({"query": "q", "extra": 1}, "extra"),
+])
+async def test_bad_input_is_a_clear_400(tmp_path: Path, body: dict, param: str) -> None:
+    app, _ = make_app(tmp_path, ScriptedEngine())
+    async with _client(app) as client:
+        response = await client.post("/api/search", json=body)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["message"]
+    assert param in (error["param"] or "") + error["message"]
+
+
+async def test_follow_up_uses_thread_history(tmp_path: Path) -> None:
+    engine = ScriptedEngine()
+    app, _ = make_app(tmp_path, engine)
+    async with _client(app) as client:
+        first = await _ask(client, related=False)
+        thread_id = first[0][1]["thread_id"]
+        second = await _ask(client, query="When was it built?", thread_id=thread_id,
+                            related=False)
+        assert second[0][1]["thread_id"] == thread_id
+        assert second[0][1]["search_query"] == "Who designed the Eiffel Tower? When was " \
+                                               "it built?"
+        messages = engine.requests[-1].messages or []
+        assert [m["role"] for m in messages] == ["system", "user", "assistant", "user"]
+        assert messages[1]["content"] == "Who designed the Eiffel Tower?"
+        assert "[citation:" not in messages[2]["content"]
+        thread = (await client.get(f"/api/threads/{thread_id}")).json()
+        assert [a["query"] for a in thread["answers"]] == [
+            "Who designed the Eiffel Tower?", "When was it built?"]
+        missing = await client.post("/api/search", json={"query": "q", "thread_id": "nope"})
+        assert missing.status_code == 404
+        assert (await client.get("/api/threads/nope")).status_code == 404
+
+
+async def test_history_per_client(tmp_path: Path) -> None:
+    app, _ = make_app(tmp_path, ScriptedEngine())
+    async with _client(app) as client:
+        await client.post("/api/search", json={"query": "Eiffel?", "related": False},
+                          headers={"X-Client-Id": "alice"})
+        response = await client.post("/api/search", json={"query": "Paris?"})
+        cookie = response.cookies.get("search_app_client")
+        assert cookie  # a new client gets an id cookie
+        alice = (await client.get("/api/history?client_id=alice")).json()
+        assert [t["title"] for t in alice["threads"]] == ["Eiffel?"]
+        by_header = await client.get("/api/history", headers={"X-Client-Id": "alice"})
+        assert by_header.json()["threads"] == alice["threads"]
+        client.cookies.clear()
+        assert (await client.get("/api/history")).status_code == 400
+
+
+async def test_model_failure_is_an_error_event_and_the_app_keeps_serving(
+        tmp_path: Path) -> None:
+    engine = ScriptedEngine(fail_after=3)
+    app, store = make_app(tmp_path, engine)
+    async with _client(app) as client:
+        events = await _ask(client)
+        assert events[-1][0] == "error" and events[-1][1]["code"] == "model_error"
+        assert store.get_answer(events[0][1]["search_id"]) is None  # nothing half-stored
+        engine.fail_after = None
+        events = await _ask(client)
+        assert events[-1][0] == "done"
+
+
+async def test_model_not_loaded_is_an_error_event(tmp_path: Path) -> None:
+    from serving.errors import EngineNotReadyError
+
+    app, _ = make_app(tmp_path, ScriptedEngine())
+
+    def down() -> None:
+        raise EngineNotReadyError("The model failed to load: boom")
+
+    app.state.answer.pipeline.engine = down
+    async with _client(app) as client:
+        events = await _ask(client)
+    assert [n for n, _ in events] == ["search", "error"]
+    assert events[-1][1]["code"] == "model_unavailable"
+
+
+async def test_relevance_gate_abstains_without_the_model(tmp_path: Path) -> None:
+    engine = ScriptedEngine()
+    app, _ = make_app(tmp_path, engine, relevance=0.99)
+    async with _client(app) as client:
+        events = await _ask(client)
+    data = dict(events)
+    assert data["sources"] == {"sources": [], "provider": "local", "relevant": False}
+    answer = "".join(d["text"] for n, d in events if n == "delta")
+    assert "do not cover" in answer and "[citation:" not in answer
+    assert data["done"]["finish_reason"] == "no_relevant_sources"
+    assert engine.requests == []
+
+
+async def test_lepton_query_protocol_and_replay(tmp_path: Path) -> None:
+    app, _ = make_app(tmp_path, ScriptedEngine())
+    async with _client(app) as client:
+        empty = await client.post("/query", json={"query": "q", "search_uuid": ""})
+        assert empty.status_code == 400
+        assert empty.json()["error"]["message"] == "search_uuid must be provided."
+        body = {"query": "Who designed the Eiffel Tower?", "search_uuid": "u-1"}
+        response = await client.post("/query", json=body)
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/html")
+        sources, answer, related = parse_lepton(response.text)
+        assert sources and all({"name", "url", "snippet"} <= set(s) for s in sources)
+        for n in re.findall(r"\[citation:(\d+)\]", answer):
+            assert 1 <= int(n) <= len(sources)
+        assert answer.startswith("The Eiffel Tower")
+        assert [set(q) for q in related] == [{"question"}] * 3
+        again = await client.post("/query", json={**body, "query": "ignored"})
+        assert again.text == response.text
+        plain = await client.post("/query", json={"query": "Paris?", "search_uuid": "u-2",
+                                                  "generate_related_questions": False})
+        assert "__RELATED_QUESTIONS__" not in plain.text
+
+
+async def test_not_ready_is_503(tmp_path: Path) -> None:
+    app, _ = make_app(tmp_path, ScriptedEngine())
+    app.state.answer = None
+    async with _client(app) as client:
+        response = await client.post("/api/search", json={"query": "q"})
+    assert response.status_code == 503
+    assert response.json()["error"]["type"] == "service_unavailable"

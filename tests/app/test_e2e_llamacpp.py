@@ -1,0 +1,183 @@
+"""End to end: a real ``search-app serve`` process with llama.cpp (SmolLM2), MiniLM and
+the default local index (10k Wikipedia summaries under data/), over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.app.support import parse_lepton, parse_sse
+from tests.conftest import needs_llama_cpp
+from tests.support.server import ROOT, ServerProcess, run_server
+
+pytestmark = [needs_llama_cpp, pytest.mark.llamacpp, pytest.mark.slow,
+              pytest.mark.skipif(not (ROOT / "data/index/snapshot/snapshot.json").is_file(),
+                                 reason="the default local index is not built")]
+
+
+@pytest.fixture(scope="module")
+def app_server(artifacts_dir: Path, tmp_path_factory: pytest.TempPathFactory
+               ) -> Iterator[ServerProcess]:
+    store = tmp_path_factory.mktemp("store") / "store.sqlite"
+    with run_server(["serve", "--engine", "llamacpp", "--context-length", "2048",
+                     "--store-path", str(store)],
+                    log_path=artifacts_dir / "search_app_server.log") as server:
+        # /health is up before the answer engine: wait until it answers.
+        for _ in range(120):
+            probe = httpx.get(f"{server.url}/searxng/search",
+                              params={"q": "x", "format": "json"})
+            if probe.status_code == 200:
+                break
+            time.sleep(0.5)
+        yield server
+
+
+def _ask(server: ServerProcess, **body: object) -> list[tuple[str, dict]]:
+    response = httpx.post(f"{server.url}/api/search", json=body, timeout=120)
+    assert response.status_code == 200, response.text
+    return parse_sse(response.text)
+
+
+def test_answer_stream_store_and_follow_up(app_server: ServerProcess) -> None:
+    events = _ask(app_server, query="Who designed the Eiffel Tower?")
+    names = [n for n, _ in events]
+    assert names[:2] == ["search", "sources"] and names[-4:] == [
+        "related", "support", "timings", "done"], names
+    assert set(names[2:-4]) == {"delta"}
+    data = dict(events)
+    sources = data["sources"]["sources"]
+    assert data["sources"]["relevant"] and "Eiffel Tower" in [s["title"] for s in sources]
+    assert isinstance(data["related"]["questions"], list)
+    assert data["timings"]["ttft_ms"] > 0 and data["done"]["usage"]["completion_tokens"] > 0
+
+    search_id = events[0][1]["search_id"]
+    record = httpx.get(f"{app_server.url}/api/search/{search_id}").json()
+    assert [(e["event"], e["data"]) for e in record["events"]] == events
+    numbers = {s["number"] for s in record["sources"]}
+    for n in re.findall(r"\[citation:(\d+)\]", record["answer"]):
+        assert int(n) in numbers
+    assert len(record["support"]["sentences"]) >= 1
+
+    follow = _ask(app_server, query="When was it built?", related=False,
+                  thread_id=events[0][1]["thread_id"])
+    assert "Eiffel Tower" in follow[0][1]["search_query"]
+    assert follow[-1][0] == "done"
+    thread = httpx.get(f"{app_server.url}/api/threads/{events[0][1]['thread_id']}")
+    assert len(thread.json()["answers"]) == 2
+
+
+def test_off_corpus_question_hits_the_relevance_gate(app_server: ServerProcess) -> None:
+    events = _ask(app_server, query="How do I fix npm ERR! ERESOLVE unable to resolve "
+                                    "dependency tree?")
+    data = dict(events)
+    assert data["sources"]["relevant"] is False and data["sources"]["sources"] == []
+    answer = "".join(d["text"] for n, d in events if n == "delta")
+    assert "do not cover" in answer and "[citation:" not in answer
+    assert data["done"]["finish_reason"] == "no_relevant_sources"
+
+
+def test_lepton_query_as_the_front_end_reads_it(app_server: ServerProcess) -> None:
+    body = {"query": "Where is Timbuktu?", "search_uuid": "e2e-timbuktu"}
+    with httpx.stream("POST", f"{app_server.url}/query", json=body,
+                      timeout=120) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/html")
+        text = "".join(response.iter_text())
+    sources, answer, related = parse_lepton(text)
+    assert sources and all(s["url"].startswith("https://") for s in sources)
+    assert "Timbuktu" in [s["name"] for s in sources]
+    assert answer.strip()
+    for n in re.findall(r"\[citation:(\d+)\]", answer):
+        assert 1 <= int(n) <= len(sources)
+    assert isinstance(related, list) and all(set(q) == {"question"} for q in related)
+    replay = httpx.post(f"{app_server.url}/query", json=body, timeout=30)
+    assert replay.text == text
+    assert httpx.post(f"{app_server.url}/query",
+                      json={"query": "x", "search_uuid": ""}).status_code == 400
+
+
+def test_searxng_json(app_server: ServerProcess) -> None:
+    response = httpx.get(f"{app_server.url}/searxng/search",
+                         params={"q": "eiffel tower", "format": "json"})
+    assert response.status_code == 200
+    results = response.json()["results"]
+    assert results[0]["title"] == "Eiffel Tower" and results[0]["engine"] == "local"
+    bad = httpx.get(f"{app_server.url}/searxng/search", params={"q": "x",
+                                                                      "format": "html"})
+    assert bad.status_code == 400
+
+
+def test_client_disconnect_stores_nothing(app_server: ServerProcess) -> None:
+    search_id = None
+    with httpx.stream("POST", f"{app_server.url}/api/search", timeout=120,
+                      json={"query": "What is bronze made of?"}) as response:
+        buffer = ""
+        for text in response.iter_text():
+            buffer += text
+            events = parse_sse(buffer.rsplit("\n\n", 1)[0] + "\n\n")
+            search_id = search_id or (events and events[0][1].get("search_id"))
+            if any(n == "delta" for n, _ in events):
+                break  # leave mid-answer: the connection closes here
+    assert search_id
+    time.sleep(1.0)
+    assert httpx.get(f"{app_server.url}/api/search/{search_id}").status_code == 404
+    metrics = httpx.get(f"{app_server.url}/metrics").text
+    running = [line for line in metrics.splitlines()
+               if "num_requests_running" in line and not line.startswith("#")]
+    assert running and all(float(line.split()[-1]) == 0 for line in running), running
+    assert _ask(app_server, query="Where is Timbuktu?", related=False)[-1][0] == "done"
+
+
+async def test_model_failure_mid_answer_in_process(tmp_path: Path) -> None:
+    """The real app and llama.cpp engine, with the engine failing after a few tokens."""
+    from collections.abc import AsyncIterator
+
+    from search_app.app import create_app
+    from search_app.config import Settings
+    from serving.engines.base import GenerationChunk, GenerationRequest
+    from serving.errors import EngineError
+
+    app = create_app(Settings(engine="llamacpp", context_length=2048,
+                              store_path=tmp_path / "store.sqlite",
+                              data_dir=ROOT / "data"))
+    async with app.router.lifespan_context(app):
+        for _ in range(240):
+            if app.state.answer is not None or app.state.answer_failure:
+                break
+            await asyncio.sleep(0.25)
+        pipeline = app.state.answer.pipeline
+        real = pipeline.engine()
+
+        class Failing:
+            info = real.info
+            count_tokens = real.count_tokens
+
+            async def generate(self, request: GenerationRequest
+                               ) -> AsyncIterator[GenerationChunk]:
+                n = 0
+                async for chunk in real.generate(request):
+                    n += 1
+                    if n > 3:
+                        raise EngineError("the engine crashed")
+                    yield chunk
+
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            pipeline.engine = Failing
+            failed = parse_sse((await client.post(
+                "/api/search", json={"query": "Who was Zheng He?"}, timeout=120)).text)
+            assert failed[-1] == ("error", {"code": "model_error",
+                                            "message": "the engine crashed"})
+            assert (await client.get(f"/api/search/{failed[0][1]['search_id']}")
+                    ).status_code == 404
+            pipeline.engine = lambda: real
+            ok = parse_sse((await client.post(
+                "/api/search", json={"query": "Who was Zheng He?", "related": False},
+                timeout=120)).text)
+            assert ok[-1][0] == "done"

@@ -1,0 +1,100 @@
+"""The pipeline itself: disconnects, context packing, budgets, grounding helpers."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from search_app.events import DeltaEvent, SourcesEvent
+from search_app.grounding import SentenceSplitter, citations, normalize_citations
+from search_app.pipeline import AnswerRequest, PipelineOptions, rewrite_query
+from search_app.store import AnswerRecord, Store
+from tests.app.support import RESULTS, ScriptedEngine, make_pipeline
+
+
+async def test_disconnect_aborts_generation_and_stores_nothing(tmp_path: Path) -> None:
+    engine = ScriptedEngine(["Paris is", " the capital.", " More"] + [" words"] * 50,
+                            delay_s=0.01)
+    store = Store(tmp_path / "s.sqlite")
+    pipeline = make_pipeline(engine, store)
+    request = AnswerRequest(query="What is the capital of France?")
+    stream = pipeline.run(request)
+    async for event in stream:
+        if isinstance(event, DeltaEvent):
+            break
+    await stream.aclose()  # what the route does when the client goes away
+    await asyncio.sleep(0)
+    assert any(r.startswith("answer-") for r in engine.aborted)
+    assert engine.running == 0
+    assert store.get_answer(request.search_id) is None
+
+
+async def test_packing_respects_the_context_window() -> None:
+    engine = ScriptedEngine(context_length=135)
+    pipeline = make_pipeline(engine, None, results=RESULTS,
+                             options=PipelineOptions(answer_max_tokens=32,
+                                                     template_overhead=8))
+    events = [e async for e in pipeline.run(AnswerRequest(query="Eiffel Tower Paris?",
+                                                          related=False))]
+    assert events[-1].name == "done"
+    prompt = " ".join(m["content"] for m in engine.requests[0].messages or [])
+    assert await engine.count_tokens(prompt) + 32 <= 135
+    sources = next(e for e in events if isinstance(e, SourcesEvent)).sources
+    assert 1 <= len(sources) < 3  # not everything fits
+
+
+async def test_answer_budget_stops_with_timeout() -> None:
+    engine = ScriptedEngine(["Paris is the capital."] + [" slow"] * 100, delay_s=0.02)
+    pipeline = make_pipeline(engine, None, options=PipelineOptions(answer_timeout_s=0.2))
+    events = [e async for e in pipeline.run(AnswerRequest(query="Paris?", related=False))]
+    assert events[-1].name == "done" and events[-1].finish_reason == "timeout"
+    timings = next(e for e in events if e.name == "timings")
+    assert any(f.startswith("answer:") for f in timings.fallbacks)
+    assert engine.running == 0
+
+
+async def test_related_failure_is_an_empty_list() -> None:
+    engine = ScriptedEngine(related="not json")
+    events = [e async for e in make_pipeline(engine, None).run(AnswerRequest(query="q?"))]
+    assert next(e for e in events if e.name == "related").questions == []
+    assert events[-1].name == "done"
+
+
+async def test_search_failure_is_an_error_event() -> None:
+    from retrieval.providers import FallbackSearch, LocalProvider
+
+    async def broken(query: str, k: int) -> list:
+        raise RuntimeError("index gone")
+
+    pipeline = make_pipeline(ScriptedEngine(), None)
+    pipeline.chains = {"local": FallbackSearch([LocalProvider(broken)])}
+    events = [e async for e in pipeline.run(AnswerRequest(query="q"))]
+    assert [e.name for e in events] == ["search", "error"]
+    assert events[-1].code == "search_failed"
+
+
+def test_sentence_splitter_and_citations() -> None:
+    splitter = SentenceSplitter()
+    out = splitter.feed("One is here.[citation:1] Two")
+    out += splitter.feed(" follows! [citation:2]\nThree")
+    assert out == ["One is here.[citation:1] ", "Two follows! [citation:2]\n"]
+    assert splitter.flush() == "Three"
+    assert normalize_citations("a [[citation:2]] b [citation: 3]") == \
+        "a [citation:2] b [citation:3]"
+    assert citations("x[citation:1][citation:12]") == [1, 12]
+    assert rewrite_query("When?", []) == "When?"
+    assert rewrite_query("When?", [("Eiffel Tower?", "A tower.")]) == "Eiffel Tower? When?"
+
+
+def test_store_round_trip(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.sqlite")
+    assert store._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    events = [{"event": "delta", "data": {"text": "hi"}}]
+    store.save_answer(AnswerRecord("a1", "t1", "c1", "q1", "q1", "hi", events))
+    store.save_answer(AnswerRecord("a2", "t1", "c1", "q2", "q1 q2", "ho", events))
+    assert store.get_answer("a1").events == events  # type: ignore[union-attr]
+    assert [r.id for r in store.thread("t1") or []] == ["a1", "a2"]
+    assert store.thread("nope") is None
+    assert store.history("c1")[0]["answers"] == 2 and store.history("other") == []
+    store.save_lepton("u", "body")
+    assert store.get_lepton("u") == "body" and store.get_lepton("v") is None
