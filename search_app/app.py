@@ -26,9 +26,17 @@ from retrieval.ranking import Ranker
 from retrieval.reader import PageReader
 from search_app import routes
 from search_app.config import Settings
-from search_app.deps import AnswerServices
+from search_app.deps import AnswerServices, answer_services
 from search_app.grounding import Grounder
+from search_app.metrics import AnswerMetrics
+from search_app.openai_face import AnswerAgent
 from search_app.pipeline import AnswerPipeline
+from search_app.ratelimit import (
+    RateLimitedError,
+    RateLimiter,
+    RateLimitMiddleware,
+    client_address,
+)
 from search_app.store import Store
 from serving import api
 from serving.app import ServerOptions, background_lifespan, load_models, serving_state
@@ -37,6 +45,10 @@ from serving.registry import ModelRegistry
 __all__ = ["build_answer_services", "create_app"]
 
 log = logging.getLogger(__name__)
+
+# The endpoints that start an answer: rate limited per client (the answer model on
+# /v1/chat/completions is limited by its agent; the bare served model is not).
+_ANSWER_PATHS = ("/api/search", "/query")
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -53,6 +65,24 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.answer = None
     app.state.answer_failure = None
     serving_state(app, registry)
+    metrics = AnswerMetrics(app.state.serving_metrics.registry)
+    app.state.answer_metrics = metrics
+    limiter = RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
+
+    def limit() -> None:
+        try:
+            limiter.check(client_address.get())
+        except RateLimitedError:
+            metrics.rate_limited.inc()
+            raise
+
+    registry.agents[settings.answer_model] = AnswerAgent(
+        settings.answer_model, lambda: answer_services(app).pipeline,
+        lambda: registry.default_engine.info.context_length, limit=limit)
+    # Added before api.install, so it runs inside auth and CORS: an unauthenticated
+    # request costs no token, and a 429 still carries the CORS headers.
+    app.add_middleware(RateLimitMiddleware, paths=_ANSWER_PATHS, limiter=limiter,
+                       on_limited=metrics.rate_limited.inc)
     api.install(app, api_keys=options.api_keys, cors_origins=options.cors_origins,
                 max_body_bytes=options.max_body_bytes)
     app.include_router(routes.router)
@@ -69,7 +99,8 @@ async def _load(app: FastAPI, settings: Settings, options: ServerOptions,
         app.state.answer_failure = "the model failed to load"
         return
     try:
-        app.state.answer = await build_answer_services(settings, registry, store, stack)
+        app.state.answer = await build_answer_services(settings, registry, store, stack,
+                                                       metrics=app.state.answer_metrics)
         log.info("answer engine ready (provider %s)", settings.provider)
     except asyncio.CancelledError:
         raise
@@ -79,7 +110,8 @@ async def _load(app: FastAPI, settings: Settings, options: ServerOptions,
 
 
 async def build_answer_services(settings: Settings, registry: ModelRegistry, store: Store,
-                                stack: contextlib.AsyncExitStack) -> AnswerServices:
+                                stack: contextlib.AsyncExitStack, *,
+                                metrics: AnswerMetrics | None = None) -> AnswerServices:
     """Retrieval and the pipeline, closed by ``stack``. Reuses the serving layer's
     sentence-transformers model when it is the one the index was built with."""
     model_name = _index_model(settings.data_dir) or settings.embedding_model
@@ -108,7 +140,7 @@ async def build_answer_services(settings: Settings, registry: ModelRegistry, sto
     pipeline = AnswerPipeline(
         engine=lambda: registry.default_engine, chains=chains,
         default_provider=settings.provider, ranker=Ranker(model), grounder=grounder,
-        reader=reader, store=store, options=settings.pipeline_options())
+        reader=reader, store=store, options=settings.pipeline_options(), metrics=metrics)
     return AnswerServices(pipeline=pipeline, index=index)
 
 

@@ -131,6 +131,16 @@ class Settings(BaseSettings):
     answer_timeout_s: float = Field(90.0, gt=0, description="Whole answer budget.")
     related_timeout_s: float = Field(20.0, gt=0, description="Related questions budget.")
     sse_ping_s: float = Field(5.0, gt=0, description="SSE heartbeat interval.")
+    answer_model: str = Field(
+        "search-app", min_length=1,
+        description="Model name of the answer engine on /v1/chat/completions and "
+                    "/v1/models (beside the served model).")
+    rate_limit_per_minute: float = Field(
+        60.0, ge=0, description="Answers per minute per client address on /api/search, "
+                                "/query and /v1/chat/completions (0: no limit).")
+    rate_limit_burst: int = Field(
+        20, ge=1, description="Answers a client may start at once before the per-minute "
+                              "rate applies.")
 
     @field_validator("api_keys", "cors_origins", "fetch_allow", mode="before")
     @classmethod

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, FastAPI, Request
 
 from retrieval.index import LocalIndex
 from search_app.config import Settings
@@ -26,6 +26,7 @@ __all__ = [
     "PipelineDep",
     "SettingsDep",
     "StoreDep",
+    "answer_services",
     "client_id",
 ]
 
@@ -41,15 +42,20 @@ class AnswerServices:
     index: LocalIndex
 
 
-def _services(request: Request) -> AnswerServices:
-    services: AnswerServices | None = getattr(request.app.state, "answer", None)
+def answer_services(app: FastAPI) -> AnswerServices:
+    """What the lifespan built; 503 (EngineNotReadyError) until it is there."""
+    services: AnswerServices | None = getattr(app.state, "answer", None)
     if services is None:
-        failure = getattr(request.app.state, "answer_failure", None)
+        failure = getattr(app.state, "answer_failure", None)
         if failure:
             raise EngineNotReadyError(f"The answer engine failed to start: {failure}")
         raise EngineNotReadyError("The answer engine is still loading; retry in a few "
                                   "seconds.")
     return services
+
+
+def _services(request: Request) -> AnswerServices:
+    return answer_services(request.app)
 
 
 def _pipeline(request: Request) -> AnswerPipeline:

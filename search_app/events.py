@@ -60,6 +60,8 @@ class Source(BaseModel):
     url: str
     site: str
     snippet: str
+    date: str | None = Field(None, description="Published date when the page or the "
+                                               "search provider gives one.")
 
 
 class SourcesEvent(AnswerEvent):

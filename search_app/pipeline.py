@@ -1,6 +1,6 @@
 """The answer pipeline: one question in, a stream of events out.
 
-Read :meth:`AnswerPipeline.run` top to bottom; it is the whole flow, in order::
+Read :meth:`AnswerPipeline.answer` top to bottom; it is the whole flow, in order::
 
     rewrite follow-up -> search (provider chain) -> read pages (budgeted) -> rank
     -> relevance gate -> pack into the model's context window
@@ -50,6 +50,7 @@ from search_app.events import (
     Usage,
 )
 from search_app.grounding import Grounder, SentenceSplitter
+from search_app.metrics import AnswerMetrics
 from search_app.store import AnswerRecord, Store
 from serving.engines.base import Engine, GenerationChunk, GenerationRequest, SamplingOptions
 from serving.errors import ServingError
@@ -96,7 +97,8 @@ class AnswerPipeline:
     def __init__(self, *, engine: Callable[[], Engine], chains: Mapping[str, FallbackSearch],
                  default_provider: str, ranker: Ranker, grounder: Grounder,
                  reader: PageReader | None = None, store: Store | None = None,
-                 options: PipelineOptions | None = None) -> None:
+                 options: PipelineOptions | None = None,
+                 metrics: AnswerMetrics | None = None) -> None:
         self.engine = engine  # a callable: the registry raises until the model is ready
         self.chains = chains
         self.default_provider = default_provider
@@ -105,9 +107,24 @@ class AnswerPipeline:
         self.reader = reader
         self.store = store
         self.options = options or PipelineOptions()
+        self.metrics = metrics
 
     async def run(self, req: AnswerRequest) -> AsyncIterator[AnswerEvent]:
-        """The events of one answer; the last is ``done`` or ``error``."""
+        """The events of one answer; the last is ``done`` or ``error``. Closing this
+        iterator closes :meth:`answer` at once (engine abort, reads cancelled)."""
+        async with contextlib.aclosing(self.answer(req)) as events:
+            async for event in events:
+                if self.metrics is not None:
+                    if isinstance(event, TimingsEvent):
+                        self.metrics.observe(event)
+                    elif isinstance(event, DoneEvent):
+                        self.metrics.outcome(event.finish_reason)
+                    elif isinstance(event, ErrorEvent):
+                        self.metrics.outcome(event.code)
+                yield event
+
+    async def answer(self, req: AnswerRequest) -> AsyncIterator[AnswerEvent]:
+        """The whole flow, in order (see the module docstring)."""
         opts, started, fallbacks = self.options, time.perf_counter(), []
         recorded: list[AnswerEvent] = []
 
@@ -350,5 +367,6 @@ def _sources(origin: dict[int, int], docs: list[Document], snippet_chars: int
         site = (urlsplit(doc.url).hostname or "").removeprefix("www.")
         snippet = " ".join((doc.result.snippet or doc.text).split())
         out[number] = Source(number=number, title=doc.title or doc.result.title,
-                             url=doc.url, site=site, snippet=snippet[:snippet_chars])
+                             url=doc.url, site=site, snippet=snippet[:snippet_chars],
+                             date=doc.published or doc.result.published)
     return list(out.values())

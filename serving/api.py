@@ -127,6 +127,7 @@ async def list_models(registry: RegistryDep) -> ModelList:
     cards = [ModelCard(id=name, owned_by=e.info.owned_by, max_model_len=e.info.context_length,
                        context_length=e.info.context_length)
              for name, e in registry.engines.items()]
+    cards += [agent.card() for agent in registry.agents.values()]
     cards += [ModelCard(id=name, max_model_len=e.model.max_seq_length,
                         context_length=e.model.max_seq_length)
               for name, e in registry.embedders.items()]
@@ -195,7 +196,8 @@ async def _serving_error(request: Request, exc: Exception) -> JSONResponse:
     if metrics is not None and request.url.path.startswith("/v1/"):
         metrics.requests.labels(request.url.path.rsplit("/", 1)[-1],
                                 str(exc.status_code)).inc()
-    headers = {"Retry-After": "1"} if exc.status_code in (429, 503) else None
+    headers = ({"Retry-After": str(exc.retry_after or 1)} if exc.status_code in (429, 503)
+               else None)
     response = _error_response(exc.status_code, exc.to_dict())
     if headers:
         response.headers.update(headers)

@@ -38,6 +38,7 @@ __all__ = [
 class ServingError(Exception):
     status_code: int = 500
     error_type: str = "internal_error"
+    retry_after: int | None = None  # seconds, sent as Retry-After with a 429 or 503
 
     def __init__(self, message: str, *, param: str | None = None) -> None:
         super().__init__(message)

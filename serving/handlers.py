@@ -176,6 +176,9 @@ class OpenAIServing:
 
     async def chat(self, req: ChatCompletionRequest
                    ) -> ChatCompletionResponse | AsyncIterator[str]:
+        agent = self.registry.agent(req.model)
+        if agent is not None:
+            return await agent.chat(req)
         engine = self.registry.engine(req.model)
         try:
             messages = [{"role": m.role, "content": m.text()} for m in req.messages]

@@ -7,22 +7,35 @@ search app serves more than one model (the LLM, the embedder, the answer engine)
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 
 from serving.embeddings import Embedder
 from serving.engines.base import Engine
-from serving.errors import EngineNotReadyError, ModelNotFoundError
+from serving.errors import BadRequestError, EngineNotReadyError, ModelNotFoundError
+from serving.protocol import ChatCompletionRequest, ChatCompletionResponse, ModelCard
 
-__all__ = ["ModelRegistry"]
+__all__ = ["ChatAgent", "ModelRegistry"]
 
 State = Literal["loading", "ready", "failed"]
+
+
+class ChatAgent(Protocol):
+    """A chat model that is more than an engine: the host app answers its requests
+    (the search app's answer engine). The serving layer only routes to it by name."""
+
+    def card(self) -> ModelCard: ...
+
+    async def chat(self, req: ChatCompletionRequest
+                   ) -> ChatCompletionResponse | AsyncIterator[str]: ...
 
 
 @dataclass
 class ModelRegistry:
     engines: dict[str, Engine] = field(default_factory=dict)
     embedders: dict[str, Embedder] = field(default_factory=dict)
+    agents: dict[str, ChatAgent] = field(default_factory=dict)
     state: State = "loading"
     failure: str | None = None
 
@@ -43,7 +56,17 @@ class ModelRegistry:
         try:
             return self.engines[name]
         except KeyError:
+            if name in self.agents:
+                raise BadRequestError(f"The model `{name}` answers chat completions only "
+                                      "(/v1/chat/completions).", param="model") from None
             raise ModelNotFoundError(name, self.names()) from None
+
+    def agent(self, name: str) -> ChatAgent | None:
+        """The agent serving ``name``, once the models are ready; None if not an agent."""
+        if name not in self.agents:
+            return None
+        self._check_ready()
+        return self.agents[name]
 
     def embedder(self, name: str) -> Embedder:
         self._check_ready()
@@ -55,7 +78,7 @@ class ModelRegistry:
             raise ModelNotFoundError(name, self.names()) from None
 
     def names(self) -> list[str]:
-        return [*self.engines, *self.embedders]
+        return [*self.engines, *self.agents, *self.embedders]
 
     @property
     def default_engine(self) -> Engine:

@@ -57,3 +57,17 @@ def test_bad_flags_fail_in_one_line(args: list[str]) -> None:
     assert run.returncode != 0
     assert "Error: invalid setting" in run.stderr or "Error: invalid JSON" in run.stderr
     assert "Traceback" not in run.stderr
+
+
+def test_ask_cannot_reach_the_app_is_one_line_and_exit_1() -> None:
+    import subprocess
+    import sys
+
+    from bench.procs import free_port
+
+    result = subprocess.run([sys.executable, "-m", "search_app.cli", "ask", "hello",
+                             "--base-url", f"http://127.0.0.1:{free_port()}"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: cannot reach the app at http://127.0.0.1:")
+    assert result.stderr.count("\n") == 1

@@ -37,6 +37,7 @@ router = APIRouter(tags=["lepton"])
 
 LLM_MARKER = "\n\n__LLM_RESPONSE__\n\n"
 RELATED_MARKER = "\n\n__RELATED_QUESTIONS__\n\n"
+MAX_QUERY_CHARS = 2000  # as /api/search
 _ERROR_STATUS = {"model_unavailable": 503, "search_failed": 502}
 
 
@@ -57,6 +58,9 @@ async def query(body: LeptonQuery, pipeline: PipelineDep, store: StoreDep) -> Re
         return Response(cached, media_type="text/html")
     if not body.query.strip():
         raise BadRequestError("query must be provided.", param="query")
+    if len(body.query) > MAX_QUERY_CHARS:
+        raise BadRequestError(f"query is longer than {MAX_QUERY_CHARS} characters.",
+                              param="query")
     request = AnswerRequest(query=body.query.strip(),
                             related=body.generate_related_questions)
     stream = pipeline.run(request)

@@ -18,6 +18,7 @@ from search_app.app import create_app
 from search_app.config import Settings
 from search_app.deps import AnswerServices
 from search_app.grounding import Grounder
+from search_app.metrics import AnswerMetrics
 from search_app.pipeline import AnswerPipeline, PipelineOptions
 from search_app.store import Store
 from serving.engines.base import GenerationChunk, GenerationRequest
@@ -68,7 +69,8 @@ def search_fn(results: list[SearchResult]) -> Any:
 
 def make_pipeline(engine: ReplayEngine, store: Store | None, *,
                   results: list[SearchResult] | None = None, relevance: float = 0.05,
-                  options: PipelineOptions | None = None) -> AnswerPipeline:
+                  options: PipelineOptions | None = None,
+                  metrics: AnswerMetrics | None = None) -> AnswerPipeline:
     model = CountingModel()
     chain = FallbackSearch([LocalProvider(search_fn(RESULTS if results is None
                                                     else results))])
@@ -76,17 +78,22 @@ def make_pipeline(engine: ReplayEngine, store: Store | None, *,
         engine=lambda: engine, chains={"local": chain}, default_provider="local",
         ranker=Ranker(model, use_gpu=False),
         grounder=Grounder(model, relevance_threshold=relevance, support_threshold=0.3),
-        store=store, options=options or PipelineOptions())
+        store=store, options=options or PipelineOptions(), metrics=metrics)
 
 
-def make_app(tmp_path: Path, engine: ReplayEngine, **kwargs: Any) -> tuple[FastAPI, Store]:
-    """The real app and routes, with state set by hand instead of the lifespan."""
-    settings = Settings(data_dir=tmp_path, embedding_model="", sse_ping_s=1)
-    app = create_app(settings)
+def make_app(tmp_path: Path, engine: ReplayEngine, *,
+             settings: dict[str, Any] | None = None, **kwargs: Any) -> tuple[FastAPI, Store]:
+    """The real app and routes, with state set by hand instead of the lifespan: the
+    scripted engine is the served model ("tiny") and the pipeline's engine."""
+    app = create_app(Settings(data_dir=tmp_path, embedding_model="", sse_ping_s=1,
+                              **(settings or {})))
     store = Store(tmp_path / "store.sqlite")
     app.state.store = store
-    app.state.answer = AnswerServices(pipeline=make_pipeline(engine, store, **kwargs),
-                                      index=None)  # type: ignore[arg-type]
+    app.state.registry.add_engine(engine, "tiny")
+    app.state.registry.state = "ready"
+    app.state.answer = AnswerServices(
+        pipeline=make_pipeline(engine, store, metrics=app.state.answer_metrics, **kwargs),
+        index=None)  # type: ignore[arg-type]
     return app, store
 
 

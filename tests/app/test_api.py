@@ -162,6 +162,8 @@ async def test_lepton_query_protocol_and_replay(tmp_path: Path) -> None:
         empty = await client.post("/query", json={"query": "q", "search_uuid": ""})
         assert empty.status_code == 400
         assert empty.json()["error"]["message"] == "search_uuid must be provided."
+        huge = await client.post("/query", json={"query": "x" * 2001, "search_uuid": "h"})
+        assert huge.status_code == 400 and "longer than" in huge.json()["error"]["message"]
         body = {"query": "Who designed the Eiffel Tower?", "search_uuid": "u-1"}
         response = await client.post("/query", json=body)
         assert response.status_code == 200

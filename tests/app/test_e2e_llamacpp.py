@@ -181,3 +181,56 @@ async def test_model_failure_mid_answer_in_process(tmp_path: Path) -> None:
                 "/api/search", json={"query": "Who was Zheng He?", "related": False},
                 timeout=120)).text)
             assert ok[-1][0] == "done"
+
+
+def test_openai_face_through_the_openai_client(app_server: ServerProcess) -> None:
+    import openai
+
+    client = openai.OpenAI(base_url=f"{app_server.url}/v1", api_key="unused", timeout=120,
+                           max_retries=0)
+    models = {m.id for m in client.models.list().data}
+    assert "search-app" in models and len(models) >= 2  # beside the served model
+    stream = client.chat.completions.create(
+        model="search-app", stream=True,
+        messages=[{"role": "user", "content": "Who designed the Eiffel Tower?"}])
+    chunks = list(stream)
+    citations = chunks[0].model_extra["citations"]
+    assert "https://en.wikipedia.org/wiki/Eiffel_Tower" in citations
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text.strip() and "[citation:" not in text
+    for n in re.findall(r"\[(\d+)\]", text):
+        assert 1 <= int(n) <= len(citations)
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] in ("stop", "length")
+    stored = httpx.get(f"{app_server.url}/api/search/{chunks[0].id}")
+    assert stored.status_code == 200
+
+
+def test_python_client_and_ask_cli(app_server: ServerProcess) -> None:
+    import json
+    import subprocess
+    import sys
+
+    from search_app.client import SearchClient
+
+    with SearchClient(app_server.url, client_id="e2e-client") as client:
+        answer = client.ask("What is bronze made of?", related=False)
+        assert answer.finish_reason in ("stop", "length") and answer.sources
+        assert client.get(answer.search_id).answer == answer.answer
+        assert client.history()[0]["thread_id"] == answer.thread_id
+
+    def ask(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "search_app.cli", "ask",
+                               "--base-url", app_server.url, *args],
+                              capture_output=True, text=True, timeout=180, cwd=ROOT)
+
+    done = ask("When was it built?", "--thread", answer.thread_id, "--json", "--no-related")
+    assert done.returncode == 0, done.stderr
+    data = json.loads(done.stdout)
+    assert data["thread_id"] == answer.thread_id and "bronze" in data["search_query"].lower()
+    shown = ask("Where is Timbuktu?", "--no-related")
+    assert shown.returncode == 0, shown.stderr
+    assert "Sources" in shown.stdout and "[1] Timbuktu" in shown.stdout
+    assert "--thread " in shown.stdout
+    unknown = ask("x", "--thread", "no-such-thread")
+    assert unknown.returncode == 1 and unknown.stderr.count("\n") == 1
+    assert "not found" in unknown.stderr
