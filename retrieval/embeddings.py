@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import sqlite3
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -25,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from retrieval.chunking import FastTokenizer, RegexTokenizer, TokenSpans, load_tokenizer
+from retrieval.sqlite_wal import connect_wal
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -75,12 +75,8 @@ class EmbeddingCache:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        if str(path) != ":memory:":
-            self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(path), check_same_thread=False, timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db = connect_wal(path)
         self._db.execute("CREATE TABLE IF NOT EXISTS embeddings "
                          "(key BLOB PRIMARY KEY, vector BLOB NOT NULL) WITHOUT ROWID")
         self._db.commit()

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from retrieval.sqlite_wal import connect_wal
 
 __all__ = ["AnswerRecord", "Store"]
 
@@ -66,12 +67,8 @@ class AnswerRecord:
 class Store:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        if str(path) != ":memory:":
-            self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(path), check_same_thread=False, timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db = connect_wal(path)
         self._db.executescript(_SCHEMA)
 
     def close(self) -> None:

@@ -19,7 +19,7 @@ pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
 
 import pytest_asyncio  # noqa: E402
 
-from serving.engines import GenerationChunk, GenerationRequest, LlamaCppOptions, SamplingOptions  # noqa: E402
+from serving.engines import GenerationChunk, LlamaCppOptions  # noqa: E402
 from serving.engines._llamacpp_batch import PromptLookup, StopMatcher  # noqa: E402
 from serving.engines.llamacpp import LlamaCppEngine  # noqa: E402
 from serving.engines.options import default_gguf_path  # noqa: E402
@@ -30,6 +30,7 @@ from serving.errors import (  # noqa: E402
     EngineNotReadyError,
     OverloadedError,
 )
+from tests.support.engine_requests import collect, request_factory  # noqa: E402
 
 pytestmark = [
     pytest.mark.asyncio(loop_scope="module"),
@@ -60,23 +61,8 @@ PERSON_SCHEMA = {
     "additionalProperties": False,
 }
 
-_counter = 0
-
-
-def _request(messages: list[dict] | None = None, *, prompt: str | None = None,
-             request_id: str | None = None, **sampling: object) -> GenerationRequest:
-    global _counter
-    _counter += 1
-    if prompt is None and messages is None:
-        messages = QUESTION
-    return GenerationRequest(request_id=request_id or f"test-{_counter}",
-                             sampling=SamplingOptions(**sampling),  # type: ignore[arg-type]
-                             prompt=prompt, messages=messages)
-
-
-async def _collect(engine: LlamaCppEngine, request: GenerationRequest
-                   ) -> list[GenerationChunk]:
-    return [chunk async for chunk in engine.generate(request)]
+_request = request_factory(QUESTION)
+_collect = collect
 
 
 def _text(chunks: list[GenerationChunk]) -> str:

@@ -25,7 +25,6 @@ import pytest_asyncio  # noqa: E402
 from serving.engines import (  # noqa: E402
     GenerationChunk,
     GenerationRequest,
-    SamplingOptions,
     VLLMOptions,
 )
 from serving.engines.vllm import VLLMEngine, build_engine_args  # noqa: E402
@@ -34,6 +33,7 @@ from serving.errors import (  # noqa: E402
     ContextLengthError,
     EngineNotReadyError,
 )
+from tests.support.engine_requests import collect, request_factory  # noqa: E402
 from tests.support.tiny_llama import tiny_llama_path  # noqa: E402
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.vllm]
@@ -47,22 +47,8 @@ COLOR_SCHEMA = {
     "additionalProperties": False,
 }
 
-_counter = 0
-
-
-def _request(messages: list[dict] | None = None, *, prompt: str | None = None,
-             request_id: str | None = None, **sampling: object) -> GenerationRequest:
-    global _counter
-    _counter += 1
-    if prompt is None and messages is None:
-        messages = QUESTION
-    return GenerationRequest(request_id=request_id or f"test-{_counter}",
-                             sampling=SamplingOptions(**sampling),  # type: ignore[arg-type]
-                             prompt=prompt, messages=messages)
-
-
-async def _collect(engine: VLLMEngine, request: GenerationRequest) -> list[GenerationChunk]:
-    return [chunk async for chunk in engine.generate(request)]
+_request = request_factory(QUESTION)
+_collect = collect
 
 
 def _text(chunks: list[GenerationChunk]) -> str:
