@@ -37,7 +37,9 @@ class LlamaCppOptions(BaseModel):
     context_length: int = Field(4096, ge=128, description="Context tokens per sequence.")
     parallel: int = Field(4, ge=1, le=64, description="Sequences decoded together in a batch.")
     max_queue: int = Field(64, ge=0, description="Waiting requests before 429.")
-    n_threads: int | None = Field(None, description="CPU threads; default: all cores.")
+    n_threads: int | None = Field(
+        None, description="CPU threads for prompts and batches (single-token steps use "
+                          "half); default: all cores, then tuned while running.")
     n_gpu_layers: int = Field(0, description="Layers offloaded to a GPU (-1: all).")
     batch_size: int = Field(512, ge=32, description="Tokens per llama_decode call.")
     prompt_lookup_tokens: int = Field(
