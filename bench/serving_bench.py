@@ -215,10 +215,14 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
     args = parser.parse_args()
     result = bench_llamacpp(args) if args.suite == "llamacpp" else bench_vllm(args)
+    write_results(f"serving_{args.suite}", result, to_markdown(result))
+
+
+def write_results(name: str, result: dict[str, Any], markdown: str) -> None:
+    """bench/results/NAME.json for machines, NAME.md for the docs; the table is printed."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"serving_{args.suite}.json").write_text(json.dumps(result, indent=2) + "\n")
-    markdown = to_markdown(result)
-    (RESULTS / f"serving_{args.suite}.md").write_text(markdown)
+    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / f"{name}.md").write_text(markdown)
     print(markdown)
 
 

@@ -32,4 +32,13 @@ fi
 if [ "${SEARCH_APP_SKIP_CORPUS:-0}" != "1" ]; then
     .venv/bin/search-app index --default-corpus --no-progress
 fi
+# Chromium for the browser tests (tests/ui, Playwright drives /usr/bin/chromium; the
+# `playwright install` browser download is never used). Skipped when already present.
+if [ ! -x /usr/bin/chromium ] && [ "${SEARCH_APP_SKIP_CHROMIUM:-0}" != "1" ]; then
+    if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+    else
+        echo "note: install chromium (apt-get install chromium) to run tests/ui" >&2
+    fi
+fi
 echo "setup done: .venv ready"

@@ -17,6 +17,7 @@ from typing import Any
 import click
 from pydantic import ValidationError
 
+from evals.cli import eval_group
 from search_app.ask_cli import ask_command
 from search_app.config import ENV_PREFIX, Settings
 from search_app.retrieval_cli import index_command, search_command
@@ -117,6 +118,7 @@ def serve_model(**overrides: Any) -> None:
 cli.add_command(index_command)
 cli.add_command(ask_command)
 cli.add_command(search_command)
+cli.add_command(eval_group)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -62,6 +62,10 @@ class Source(BaseModel):
     snippet: str
     date: str | None = Field(None, description="Published date when the page or the "
                                                "search provider gives one.")
+    passage: str | None = Field(
+        None, description="The text of this source that the model was given (its packed "
+                          "passages, joined): what a citation to it can be checked against "
+                          "(the evaluation harness's citation metrics use it).")
 
 
 class SourcesEvent(AnswerEvent):

@@ -5,7 +5,8 @@ Read :meth:`AnswerPipeline.answer` top to bottom; it is the whole flow, in order
     rewrite follow-up -> search (provider chain) -> read pages (budgeted) -> rank
     -> relevance gate -> pack into the model's context window
     -> stream the answer, sentence by sentence, each checked and cited
-       (related questions generated alongside, JSON-schema constrained)
+       (related questions generated alongside from the first sentence on,
+        JSON-schema constrained)
     -> related, support, timings, done -> store
 
 Every stage has a time budget and a fallback and reports its duration: a slow search
@@ -174,14 +175,20 @@ class AnswerPipeline:
         # 5. Pack the best passages into the model's real context window.
         packed, answer_tokens, history, origin = (
             await _pack(engine, req, passages, opts) if relevant else ([], 0, [], {}))
-        sources = _sources(origin, docs, opts.snippet_chars)
+        sources = _sources(origin, docs, opts.snippet_chars, packed)
         yield emit(SourcesEvent(sources=sources, provider=found.provider, relevant=relevant))
         context = prompts.format_context([(p.source_id, p.title, p.text) for p in packed])
 
         # 6. Stream the answer a sentence at a time, checking and citing each sentence;
-        #    related questions are generated at the same time.
-        related_task = (asyncio.create_task(self._related(engine, req.query, context))
-                        if req.related and packed else None)
+        #    related questions are generated alongside, started once the first sentence
+        #    is out so that their prompt does not compete with the answer's first token.
+        related_task: asyncio.Task[list[str]] | None = None
+
+        def start_related() -> None:
+            nonlocal related_task
+            if related_task is None and req.related and packed:
+                related_task = asyncio.create_task(
+                    self._related(engine, req.query, context))
         support: list[SentenceSupport] = []
         answer, ttft_ms, usage, finish = "", None, Usage(), "no_relevant_sources"
         try:
@@ -217,6 +224,7 @@ class AnswerPipeline:
                             answer += text
                             support.append(checked)
                             yield emit(DeltaEvent(text=text))
+                            start_related()
                 rest = splitter.flush()
                 if rest.strip():
                     text, checked = await self.grounder.check(rest, packed, req.query,
@@ -224,6 +232,7 @@ class AnswerPipeline:
                     answer += text
                     support.append(checked)
                     yield emit(DeltaEvent(text=text))
+            start_related()
             related = await _settle(related_task, opts.related_timeout_s, fallbacks)
         except _FirstTokenTimeout:
             yield ErrorEvent(code="model_timeout", message=f"The model sent nothing within "
@@ -233,8 +242,7 @@ class AnswerPipeline:
             yield ErrorEvent(code="model_error", message=exc.message)
             return
         finally:
-            if related_task is not None and not related_task.done():
-                related_task.cancel()
+            _discard(related_task)
 
         # 7. The extras, the timings, then store before the final event.
         yield emit(RelatedEvent(questions=related))
@@ -326,6 +334,17 @@ async def _settle(task: asyncio.Task[list[str]] | None, timeout_s: float,
     return []
 
 
+def _discard(task: asyncio.Task[list[str]] | None) -> None:
+    """Cancel an unfinished extra, or retrieve a finished one's exception, so that
+    leaving early (an error, a disconnect) logs no "exception was never retrieved"."""
+    if task is None:
+        return
+    if not task.done():
+        task.cancel()
+    elif not task.cancelled():
+        task.exception()
+
+
 async def _pack(engine: Engine, req: AnswerRequest, passages: list[Passage],
                 opts: PipelineOptions
                 ) -> tuple[list[Passage], int, list[tuple[str, str]], dict[int, int]]:
@@ -358,15 +377,20 @@ async def _pack(engine: Engine, req: AnswerRequest, passages: list[Passage],
     return packed, answer_tokens, history, {n: d for d, n in numbers.items()}
 
 
-def _sources(origin: dict[int, int], docs: list[Document], snippet_chars: int
-             ) -> list[Source]:
-    """One source per number, in number order, from the documents they came from."""
+def _sources(origin: dict[int, int], docs: list[Document], snippet_chars: int,
+             packed: Sequence[Passage] = ()) -> list[Source]:
+    """One source per number, in number order, from the documents they came from; each
+    carries the passages the model saw under that number (what its citations mean)."""
     out: dict[int, Source] = {}
+    seen: dict[int, list[str]] = {}
+    for p in packed:
+        seen.setdefault(p.source_id, []).append(p.text)
     for number, document in sorted(origin.items()):
         doc = docs[document - 1]
         site = (urlsplit(doc.url).hostname or "").removeprefix("www.")
         snippet = " ".join((doc.result.snippet or doc.text).split())
         out[number] = Source(number=number, title=doc.title or doc.result.title,
                              url=doc.url, site=site, snippet=snippet[:snippet_chars],
-                             date=doc.published or doc.result.published)
+                             date=doc.published or doc.result.published,
+                             passage="\n\n".join(seen[number]) if number in seen else None)
     return list(out.values())

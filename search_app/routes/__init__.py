@@ -2,7 +2,7 @@
 
 from fastapi import APIRouter
 
-from search_app.routes import lepton, search, searxng
+from search_app.routes import info, lepton, search, searxng, ui
 
 __all__ = ["router"]
 
@@ -10,3 +10,5 @@ router = APIRouter()
 router.include_router(search.router)
 router.include_router(lepton.router)
 router.include_router(searxng.router)
+router.include_router(info.router)
+router.include_router(ui.router)

@@ -60,6 +60,51 @@ async def test_related_failure_is_an_empty_list() -> None:
     assert events[-1].name == "done"
 
 
+async def test_related_starts_after_the_first_sentence_and_overlaps_the_answer() -> None:
+    class Recording(ScriptedEngine):
+        """Notes how many answer chunks were out when the related request came in."""
+        def __init__(self) -> None:
+            super().__init__(["Paris is the capital.", " It is", " large", "."] + [" x"] * 20,
+                             delay_s=0.01)
+            self.sent, self.related_at = 0, None
+
+        async def generate(self, request):  # type: ignore[no-untyped-def]
+            if request.sampling.json_schema is not None:
+                self.related_at = self.sent
+            async for chunk in super().generate(request):
+                if request.sampling.json_schema is None:
+                    self.sent += 1
+                yield chunk
+
+    engine = Recording()
+    events = [e async for e in make_pipeline(engine, None).run(AnswerRequest(query="Paris?"))]
+    assert engine.related_at is not None and 1 <= engine.related_at < 24
+    assert len(next(e for e in events if e.name == "related").questions) == 3
+
+
+async def test_related_failure_after_an_answer_error_is_retrieved(caplog) -> None:  # type: ignore[no-untyped-def]
+    import gc
+
+    from serving.errors import ServingError
+
+    class FailsMidway(ScriptedEngine):
+        async def generate(self, request):  # type: ignore[no-untyped-def]
+            if request.sampling.json_schema is not None:
+                raise RuntimeError("related broke")
+                yield  # pragma: no cover
+            async for chunk in super().generate(request):
+                yield chunk
+            await asyncio.sleep(0.05)
+            raise ServingError("engine died")
+
+    engine = FailsMidway(["Paris is the capital.", " More."])
+    events = [e async for e in make_pipeline(engine, None).run(AnswerRequest(query="Paris?"))]
+    assert events[-1].name == "error" and events[-1].code == "model_error"
+    gc.collect()
+    await asyncio.sleep(0)
+    assert "never retrieved" not in caplog.text
+
+
 async def test_search_failure_is_an_error_event() -> None:
     from retrieval.providers import FallbackSearch, LocalProvider
 

@@ -1,0 +1,276 @@
+"""``search-app eval``: run, report, compare; build and serve the docs corpus; list sets.
+
+Errors a user can cause (an unknown dataset, no Debian mirror, an app that does not
+start, a run that does not exist) end in one line on stderr and exit status 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+import httpx
+
+from evals.corpus import DEFAULT_ROOT, PACKAGES, CorpusError, CorpusServer, build_corpus
+from evals.datasets import DATASETS, DEFAULT_CORPUS, DatasetError, dataset_label, load_dataset
+
+__all__ = ["eval_group"]
+
+
+def _fail(message: str) -> click.ClickException:
+    return click.ClickException(message)
+
+
+def _run_dir(root: Path, run: str) -> Path:
+    """A run by id (under ROOT/runs) or by its folder."""
+    path = Path(run)
+    if (path / "run.json").is_file():
+        return path
+    if (root / "runs" / run / "run.json").is_file():
+        return root / "runs" / run
+    raise _fail(f"no run {run!r} (neither a run folder nor an id under {root / 'runs'})")
+
+
+_root = click.option("--root", type=click.Path(path_type=Path), default=DEFAULT_ROOT,
+                     show_default=True, envvar="SEARCH_APP_EVAL_ROOT",
+                     help="Where .debs, corpora, downloaded datasets and runs live.")
+
+
+@click.group("eval")
+def eval_group() -> None:
+    """Evaluation harness: measure retrieval, answers, citations, abstention, latency."""
+
+
+@eval_group.command("datasets")
+def datasets_command() -> None:
+    """List the named datasets (any JSONL file works too)."""
+    for name, (about, _) in DATASETS.items():
+        corpus = ",".join(DEFAULT_CORPUS.get(name, [])) or "(a web provider)"
+        click.echo(f"{name:18} {about}  [corpus: {corpus}]")
+
+
+@eval_group.command("corpus")
+@click.option("--packages", default="git", show_default=True,
+              help=f"Comma-separated docs packages: {', '.join(PACKAGES)}.")
+@click.option("--strip-questions", is_flag=True,
+              help="Leave FAQ question headings out of the index (answers found by text).")
+@click.option("--pages", help="Regex on page paths: index only a slice of the packages.")
+@click.option("--serve", is_flag=True, help="Then serve the pages on 127.0.0.1 under their "
+              "public URLs until interrupted.")
+@click.option("--port", type=int, default=8080, show_default=True)
+@_root
+def corpus_command(packages: str, strip_questions: bool, pages: str | None, serve: bool,
+                   port: int, root: Path) -> None:
+    """Download, unpack and index Debian documentation packages (cached)."""
+    names = [p.strip() for p in packages.split(",") if p.strip()]
+    try:
+        data_dir = build_corpus(names, strip_questions=strip_questions, pages=pages,
+                                root=root)
+        click.echo(f"index: {data_dir}  (serve it: search-app serve --data-dir {data_dir})")
+        if serve:
+            server = CorpusServer([PACKAGES[n] for n in names], root, port=port)
+            click.echo(f"serving on {server.url}: GET {server.url}/<public URL>, or with "
+                       "the page's Host header")
+            server.serve_forever()
+    except CorpusError as exc:
+        raise _fail(str(exc)) from None
+
+
+@eval_group.command("run")
+@click.option("--dataset", required=True, help="A named dataset or a JSONL file.")
+@click.option("--limit", type=click.IntRange(min=1), help="Only the first N questions.")
+@click.option("--concurrency", type=click.IntRange(1, 64), default=2, show_default=True)
+@click.option("--base-url", help="A running app; without it the harness starts one over "
+              "the dataset's docs corpus and stops it after.")
+@click.option("--api-key", envvar="SEARCH_APP_EVAL_API_KEY", help="Bearer key of the app.")
+@click.option("--run-id", help="Name of the run; an existing run is resumed (questions "
+              "already answered are skipped, failed ones asked again). Default: "
+              "DATASET-TIMESTAMP.")
+@click.option("--corpus", "corpus", help="Docs packages to index and serve when starting "
+              "the app (default: the dataset's own, e.g. git for dev).")
+@click.option("--strip-questions", is_flag=True, help="Use the corpus variant without the "
+              "FAQ question headings.")
+@click.option("--pages", help="Regex on page paths: a slice of the corpus (see corpus).")
+@click.option("--serve-arg", "serve_args", multiple=True,
+              help="Extra flag for the started app, repeatable: --serve-arg=--engine=vllm")
+@click.option("--provider", help="Search provider per question (default: the app's).")
+@click.option("--sources", type=click.IntRange(1, 20), help="Search results per question.")
+@click.option("--related/--no-related", default=False, show_default=True,
+              help="Also generate related questions (slower; not scored).")
+@click.option("--index-recall/--no-index-recall", default=None,
+              help="Also score the local index's own top 10 (GET /searxng/search): "
+              "retrieval without the relevance gate. Default: on when the harness starts "
+              "the app (local provider), off with --base-url.")
+@click.option("--support", type=click.Choice(["embedding", "judge", "none"]),
+              default="embedding", show_default=True,
+              help="Support check of the citation metrics (judge needs --judge-url).")
+@click.option("--judge-url", envvar="SEARCH_APP_EVAL_JUDGE_URL",
+              help="OpenAI-compatible base URL (…/v1) of the judge model.")
+@click.option("--judge-model", envvar="SEARCH_APP_EVAL_JUDGE_MODEL", help="Its model id.")
+@click.option("--judge-api-key", envvar="SEARCH_APP_EVAL_JUDGE_API_KEY")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+@_root
+def run_command(dataset: str, limit: int | None, concurrency: int, base_url: str | None,
+                api_key: str | None, run_id: str | None, corpus: str | None,
+                strip_questions: bool, pages: str | None, serve_args: tuple[str, ...],
+                provider: str | None, sources: int | None, related: bool,
+                index_recall: bool | None, support: str,
+                judge_url: str | None, judge_model: str | None, judge_api_key: str | None,
+                progress: bool, root: Path) -> None:
+    """Answer a dataset through the API, score each answer, then write the report."""
+    from evals.report import markdown, write_report
+    from evals.runner import AppStartError, RunConfig, read_results, write_config
+
+    try:
+        questions = load_dataset(dataset, root)
+    except (DatasetError, CorpusError) as exc:
+        raise _fail(str(exc)) from None
+    if limit:
+        questions = questions[:limit]
+    if (support == "judge" or judge_model) and not (judge_url and judge_model):
+        raise _fail("the judge needs both --judge-url and --judge-model")
+    label = dataset_label(dataset)
+    run_id = run_id or f"{label}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
+    if not re.fullmatch(r"[\w.@+-]+", run_id):
+        raise _fail(f"invalid run id {run_id!r}: letters, digits and ._@+- only")
+    run_dir = root / "runs" / run_id
+    results_path = run_dir / "results.jsonl"
+    done = {r.id for r in read_results(results_path) if r.error is None}  # retry errors
+    todo = [q for q in questions if q.id not in done]
+    names = ([p.strip() for p in corpus.split(",") if p.strip()] if corpus
+             else DEFAULT_CORPUS.get(label, []))
+    if base_url is None and not names:
+        raise _fail(f"dataset {label!r} has no docs corpus: pass --corpus PACKAGES or "
+                    "--base-url of an app with a web provider")
+    if done:
+        click.echo(f"resuming {run_id}: {len(done)} done, {len(todo)} to go", err=True)
+    if base_url is not None:
+        _reachable(f"{base_url.rstrip('/')}/health", "the app")
+        base_url = base_url.rstrip("/")
+    judge_client, scorer = _scorer(support, judge_url, judge_model, judge_api_key)
+    if judge_client is not None:
+        try:
+            judge_client.check()
+        except httpx.HTTPError as exc:
+            raise _fail(f"the judge at {judge_url} does not answer: {exc}") from None
+    config = RunConfig(run_id=run_id, dataset=dataset, questions=len(questions),
+                       base_url=base_url, started_app=base_url is None,
+                       corpus=names if base_url is None else [],
+                       corpus_variant=("stripped" if strip_questions else "full")
+                       + (f", pages {pages}" if pages else ""),
+                       serve_args=list(serve_args), provider=provider, sources=sources,
+                       related=related, concurrency=concurrency,
+                       index_recall=(base_url is None if index_recall is None
+                                     else index_recall),
+                       support_check=scorer.support.name if scorer.support else "none",
+                       judge=judge_model)
+    try:
+        if base_url is not None:
+            _run(base_url, config, todo, results_path, scorer, api_key, progress)
+        elif todo:
+            from evals.runner import started_app
+
+            data_dir = build_corpus(names, strip_questions=strip_questions, pages=pages,
+                                    root=root)
+            click.echo(f"starting the app over {data_dir} ...", err=True)
+            with started_app(data_dir, serve_args=serve_args,
+                             log_path=run_dir / "app.log") as url:
+                config.base_url = url
+                _run(url, config, todo, results_path, scorer, api_key, progress)
+        elif not (run_dir / "run.json").is_file():
+            write_config(run_dir, config)
+    except (CorpusError, AppStartError) as exc:
+        raise _fail(str(exc)) from None
+    except httpx.HTTPError as exc:  # the judge failed mid-run; answers so far are kept
+        raise _fail(f"the judge failed: {exc} (rerun with --run-id {run_id} to "
+                    "resume)") from None
+    finally:
+        if judge_client is not None:
+            judge_client.close()
+    if not read_results(results_path):
+        raise _fail("no question was answered")
+    summary = write_report(run_dir)
+    click.echo(markdown(summary))
+    click.echo(f"report: {run_dir / 'report.html'}", err=True)
+    if summary["answered"] == 0:
+        raise _fail(f"every question failed: {summary['errors']}")
+
+
+def _reachable(url: str, what: str) -> None:
+    try:
+        httpx.get(url, timeout=10).raise_for_status()
+    except httpx.HTTPError as exc:
+        raise _fail(f"{what} at {url} does not answer: {exc}") from None
+
+
+def _scorer(support: str, judge_url: str | None, judge_model: str | None,
+            judge_api_key: str | None) -> tuple[Any, Any]:
+    from evals.judges import EmbeddingSupport, JudgeClient, JudgeSupport
+    from evals.runner import Scorer
+
+    client = (JudgeClient(judge_url, judge_model, judge_api_key)
+              if judge_url and judge_model else None)
+    check: Any = None
+    if support == "embedding":
+        check = EmbeddingSupport()
+    elif support == "judge" and client is not None:
+        check = JudgeSupport(client)
+    return client, Scorer(check, client)
+
+
+def _run(url: str, config: Any, todo: list[Any], results_path: Path, scorer: Any,
+         api_key: str | None, progress: bool) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from evals.runner import answer_questions, served_models, write_config
+
+    config.models = served_models(url, api_key)
+    previous = results_path.parent / "run.json"
+    if previous.is_file():  # a resumed run keeps its first settings, noting the new URL
+        old = json.loads(previous.read_text())
+        old.update(base_url=url, models=config.models or old.get("models", []))
+        config = config.model_validate(old)
+    write_config(results_path.parent, config)
+    with Progress("[progress.description]{task.description}", BarColumn(),
+                  MofNCompleteColumn(), TimeRemainingColumn(), disable=not progress,
+                  transient=False) as bar:
+        task = bar.add_task(config.run_id, total=len(todo))
+        asyncio.run(answer_questions(
+            url, todo, results_path, scorer, concurrency=config.concurrency,
+            api_key=api_key, provider=config.provider, sources=config.sources,
+            related=config.related, index_recall=config.index_recall,
+            on_done=lambda r: bar.advance(task)))
+
+
+@eval_group.command("report")
+@click.argument("run")
+@_root
+def report_command(run: str, root: Path) -> None:
+    """(Re)write a run's report.md, report.html and summary.json; print the Markdown."""
+    from evals.report import markdown, write_report
+
+    run_dir = _run_dir(root, run)
+    summary = write_report(run_dir)
+    click.echo(markdown(summary))
+    click.echo(f"report: {run_dir / 'report.html'}", err=True)
+
+
+@eval_group.command("compare")
+@click.argument("run_a")
+@click.argument("run_b")
+@click.option("--out", type=click.Path(path_type=Path),
+              help="Folder for compare.md/.html/.json (default: RUN_B's folder).")
+@_root
+def compare_command(run_a: str, run_b: str, out: Path | None, root: Path) -> None:
+    """Metrics of two runs side by side, with the change from A to B."""
+    from evals.report import compare_runs
+
+    a, b = _run_dir(root, run_a), _run_dir(root, run_b)
+    target = out or b / f"compare-{a.name}"
+    click.echo(compare_runs(a, b, target))
+    click.echo(f"report: {target / 'compare.html'}", err=True)

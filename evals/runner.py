@@ -1,0 +1,344 @@
+"""Run a dataset through the public answer API and score every answer.
+
+Why through the API (:class:`search_app.client.AsyncSearchClient`), not the pipeline
+in-process: the numbers then describe what a user of the HTTP API gets, including
+streaming and the server's own timings, and the harness works against any deployment
+(``--base-url``) as well as against an app it starts itself on loopback.
+
+Resumable: every finished question is appended to ``results.jsonl`` of the run at once
+(one JSON object a line, flushed), and a rerun with the same ``--run-id`` skips the ids
+already there. Metrics are computed as each answer arrives and stored in its line, so
+``report`` only aggregates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import httpx
+from pydantic import BaseModel, Field
+
+from evals import metrics as m
+from evals.datasets import Question
+
+__all__ = ["QuestionResult", "RunConfig", "Scorer", "answer_questions", "started_app"]
+
+
+class SupportCheck(Protocol):
+    name: str
+
+    def supports(self, evidence: Sequence[str], sentence: str, question: str = "") -> bool:
+        ...
+
+
+class RunConfig(BaseModel):
+    """``run.json``: what was run, against what."""
+
+    run_id: str
+    dataset: str
+    questions: int
+    base_url: str | None = None
+    started_app: bool = False
+    corpus: list[str] = Field(default_factory=list)
+    corpus_variant: str = "full"
+    serve_args: list[str] = Field(default_factory=list)
+    models: list[str] = Field(default_factory=list)
+    provider: str | None = None
+    sources: int | None = None
+    related: bool = False
+    index_recall: bool = False
+    concurrency: int = 1
+    support_check: str = ""
+    judge: str | None = None
+    created: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+
+
+class QuestionResult(BaseModel):
+    """One line of ``results.jsonl``."""
+
+    id: str
+    question: str
+    tags: list[str] = Field(default_factory=list)
+    answer: str = ""
+    finish_reason: str | None = None
+    search_query: str | None = None
+    sources: list[dict[str, Any]] = Field(default_factory=list)
+    index_urls: list[str] | None = None  # /searxng/search top 10, when measured
+    timings: dict[str, Any] = Field(default_factory=dict)
+    usage: dict[str, int] = Field(default_factory=dict)
+    wall_ms: float | None = None
+    error: dict[str, str] | None = None
+    grade: str | None = None
+    metrics: dict[str, float | None] = Field(default_factory=dict)
+
+
+# --- scoring one answer ---------------------------------------------------------------
+
+_REFUSAL = re.compile(r"\b(do(es)? not (contain|cover|mention|say|provide)|cannot answer|"
+                      r"can't answer|no information|not (found|mentioned) in)\b", re.I)
+
+
+def abstained(answer: str, finish_reason: str | None) -> bool:
+    """The app's abstention (the relevance gate fired, or its fixed text), or a model
+    reply that says the sources lack the answer."""
+    from search_app.prompts import ABSTAIN_TEXT
+
+    return (finish_reason == "no_relevant_sources" or ABSTAIN_TEXT[:40] in answer
+            or bool(_REFUSAL.search(answer)))
+
+
+def answer_sentences(answer: str) -> list[tuple[str, list[int]]]:
+    """(sentence without citations, cited numbers), split the way the app splits."""
+    from search_app.grounding import SentenceSplitter, citations, strip_citations
+
+    splitter = SentenceSplitter()
+    parts = [*splitter.feed(answer), splitter.flush()]
+    out = []
+    for part in parts:
+        plain = strip_citations(part)
+        if len(plain) >= 3 and any(c.isalnum() for c in plain):
+            out.append((plain, citations(part)))
+    return out
+
+
+class Scorer:
+    """Computes a result's metrics (blocking: the support check runs a model)."""
+
+    def __init__(self, support: SupportCheck | None, judge: Any | None = None) -> None:
+        self.support = support
+        self.judge = judge
+
+    def score(self, q: Question, r: QuestionResult) -> None:
+        out: dict[str, float | None] = {}
+        urls = [s["url"] for s in sorted(r.sources, key=lambda s: s["number"])]
+        for anchor, level in ((False, "page"), (True, "anchor")):
+            for k in m.RETRIEVAL_KS:
+                out[f"recall@{k}_{level}"] = m.recall_at_k(urls, q.gold_urls, k, anchor=anchor)
+            out[f"mrr_{level}"] = m.mrr(urls, q.gold_urls, anchor=anchor)
+            if r.index_urls is not None:  # the index alone: no relevance gate, no packing
+                for k in (5, 10):
+                    out[f"index_recall@{k}_{level}"] = m.recall_at_k(
+                        r.index_urls, q.gold_urls, k, anchor=anchor)
+                out[f"index_mrr_{level}"] = m.mrr(r.index_urls, q.gold_urls, anchor=anchor)
+        failed = r.error is not None
+        did_abstain = not failed and abstained(r.answer, r.finish_reason)
+        out["abstained"] = None if failed else float(did_abstain)
+        if q.unanswerable:
+            out["abstention"] = None if failed else float(did_abstain)
+        else:
+            out["false_abstention"] = None if failed else float(did_abstain)
+            text = "" if failed else r.answer
+            out["exact_match"] = m.exact_match(text, q.answers)
+            out["f1"] = m.f1_score(text, q.answers)
+            out["answer_contains"] = m.answer_contains(text, q.answers)
+            out["passage_recall"] = m.token_recall(text, q.gold_passage)
+        if not failed and not did_abstain and self.support is not None and r.answer.strip():
+            passages = {s["number"]: s.get("passage") or s.get("snippet") or ""
+                        for s in r.sources}
+            support = self.support
+
+            def check(evidence: Sequence[str], sentence: str) -> bool:
+                return support.supports(evidence, sentence, q.question)
+
+            cites = m.alce_citations(answer_sentences(r.answer), passages, check)
+            out["citation_recall"] = cites["citation_recall"]  # type: ignore[assignment]
+            out["citation_precision"] = cites["citation_precision"]  # type: ignore[assignment]
+        if self.judge is not None and q.answers and not failed:
+            r.grade = self.judge.grade(q.question, q.answers[0], r.answer)
+        t = r.timings
+        if t and r.usage.get("completion_tokens") and t.get("ttft_ms") is not None:
+            gen_ms = (t["total_ms"] - t["search_ms"] - t["read_ms"] - t["rank_ms"]
+                      - t["ttft_ms"])
+            tokens = r.usage["completion_tokens"] - 1
+            out["tokens_per_s"] = tokens / (gen_ms / 1000) if gen_ms > 50 and tokens > 0 \
+                else None
+        r.metrics = out
+
+
+# --- asking ---------------------------------------------------------------------------
+
+async def index_urls(http: httpx.AsyncClient, question: str) -> list[str] | None:
+    """The local index's top 10 for the question (``GET /searxng/search``): retrieval
+    measured without the relevance gate and context packing; None when unavailable."""
+    try:
+        response = await http.get("/searxng/search", params={"q": question,
+                                                             "format": "json"})
+        response.raise_for_status()
+        return [str(x["url"]) for x in response.json()["results"]]
+    except (httpx.HTTPError, ValueError, KeyError, TypeError):
+        return None
+
+
+async def ask_one(client: Any, q: Question, *, provider: str | None, sources: int | None,
+                  related: bool) -> QuestionResult:
+    """One question through the streaming API; an error becomes the result's error."""
+    from search_app.client import Answer, SearchAPIError
+
+    result = QuestionResult(id=q.id, question=q.question, tags=q.tags)
+    started = time.perf_counter()
+    try:
+        events = [e async for e in client.stream(q.question, provider=provider,
+                                                 sources=sources, related=related)]
+        answer = Answer.from_events(events)
+    except SearchAPIError as exc:
+        result.error = {"code": exc.code, "message": exc.message[:500]}
+    except (httpx.HTTPError, OSError) as exc:
+        result.error = {"code": "transport", "message": f"{type(exc).__name__}: {exc}"[:500]}
+    else:
+        result.answer = answer.answer
+        result.finish_reason = answer.finish_reason
+        result.search_query = answer.search_query
+        result.sources = [s.model_dump(exclude_none=True) for s in answer.sources]
+        result.timings = answer.timings.model_dump() if answer.timings else {}
+        result.usage = answer.usage.model_dump()
+    result.wall_ms = round((time.perf_counter() - started) * 1000, 1)
+    return result
+
+
+async def answer_questions(base_url: str, questions: Sequence[Question], results: Path,
+                           scorer: Scorer, *, concurrency: int = 1,
+                           api_key: str | None = None, provider: str | None = None,
+                           sources: int | None = None, related: bool = False,
+                           index_recall: bool = False,
+                           on_done: Callable[[QuestionResult], None] | None = None
+                           ) -> int:
+    """Ask every question (``concurrency`` at a time), score it, append it to
+    ``results``; returns how many were answered with an error. ``index_recall``: also
+    ask the app's local index directly (``/searxng/search``) for gate-free recall."""
+    from search_app.client import AsyncSearchClient
+
+    errors = 0
+    gate = asyncio.Semaphore(concurrency)
+    lock = asyncio.Lock()
+    timeout = httpx.Timeout(300.0, connect=10.0)
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    async with AsyncSearchClient(base_url, api_key=api_key, client_id="search-app-eval",
+                                 timeout=timeout) as client, \
+            httpx.AsyncClient(base_url=base_url, headers=headers, timeout=timeout) as http:
+        async def one(q: Question) -> None:
+            nonlocal errors
+            async with gate:
+                result = await ask_one(client, q, provider=provider, sources=sources,
+                                       related=related)
+                if index_recall and q.gold_urls:
+                    result.index_urls = await index_urls(http, q.question)
+            await asyncio.to_thread(scorer.score, q, result)
+            async with lock:
+                with results.open("a", encoding="utf-8") as out:
+                    out.write(result.model_dump_json() + "\n")
+                errors += result.error is not None
+                if on_done is not None:
+                    on_done(result)
+
+        await asyncio.gather(*(one(q) for q in questions))
+    return errors
+
+
+def read_results(path: Path) -> list[QuestionResult]:
+    """The results of a run; a torn last line (a killed run) is ignored."""
+    out: dict[str, QuestionResult] = {}
+    if not path.is_file():
+        return []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            result = QuestionResult.model_validate_json(line)
+        except ValueError:
+            continue
+        out[result.id] = result
+    return list(out.values())
+
+
+def served_models(base_url: str, api_key: str | None = None) -> list[str]:
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    try:
+        data = httpx.get(f"{base_url}/v1/models", headers=headers, timeout=10).json()
+        return [str(x["id"]) for x in data.get("data", [])]
+    except (httpx.HTTPError, ValueError, KeyError, TypeError):
+        return []
+
+
+# --- an app of our own ------------------------------------------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class AppStartError(RuntimeError):
+    """The app the harness started did not become ready."""
+
+
+@contextmanager
+def started_app(data_dir: Path, *, serve_args: Sequence[str] = (), log_path: Path,
+                ready_timeout: float = 600.0) -> Iterator[str]:
+    """``search-app serve`` on a free loopback port over ``data_dir``'s index, with a
+    throwaway store and no rate limit; yields its base URL once the answer engine is
+    ready (``/searxng/search`` answers 200), stops it after. The search timeout is
+    raised to 30 s and the first-token timeout to 120 s (the app's 5 s and 30 s budgets
+    fail answers on a CPU shared with the model under concurrent questions);
+    ``serve_args`` come last and override."""
+    port = _free_port()
+    store = Path(tempfile.mkdtemp(prefix="search-app-eval-")) / "store.sqlite"
+    command = [sys.executable, "-m", "search_app.cli", "serve", "--host", "127.0.0.1",
+               "--port", str(port), "--data-dir", str(data_dir), "--store-path", str(store),
+               "--rate-limit-per-minute", "0", "--provider", "local",
+               # A loaded eval machine must not turn a slow search or a slow first token
+               # into a failed answer: quality is measured, not the machine's load.
+               "--search-timeout-s", "30", "--first-token-timeout-s", "120", *serve_args]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                   start_new_session=True)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + ready_timeout
+            while True:
+                if process.poll() is not None:
+                    tail = log_path.read_text(errors="replace").strip().splitlines()[-1:]
+                    raise AppStartError(f"the app exited with {process.returncode} "
+                                        f"({tail[0] if tail else 'no output'}); log: "
+                                        f"{log_path}")
+                try:
+                    probe = httpx.get(f"{url}/searxng/search",
+                                      params={"q": "ready", "format": "json"}, timeout=5)
+                    if probe.status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise AppStartError(f"the app was not ready in {ready_timeout:g} s; "
+                                        f"log: {log_path}")
+                time.sleep(0.5)
+            yield url
+        finally:
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+
+
+def write_config(run_dir: Path, config: RunConfig) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "run.json").write_text(json.dumps(config.model_dump(), indent=2) + "\n")
+
+
+def read_config(run_dir: Path) -> RunConfig:
+    return RunConfig.model_validate_json((run_dir / "run.json").read_text())

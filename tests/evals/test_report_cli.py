@@ -1,0 +1,162 @@
+"""Scoring, reports and the CLI's error handling, without a model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from evals.datasets import Question
+from evals.report import compare_runs, summarize, write_report
+from evals.runner import QuestionResult, RunConfig, Scorer, answer_sentences, write_config
+from search_app.cli import cli
+from search_app.prompts import ABSTAIN_TEXT
+
+GOLD = "https://git-scm.com/docs/git-gc#_configuration"
+
+
+class WordSupport:
+    """Supported when every word of the sentence occurs in the evidence."""
+
+    name = "words"
+
+    def supports(self, evidence: list[str], sentence: str, question: str = "") -> bool:
+        known = set(" ".join(evidence).lower().replace(".", "").split())
+        return set(sentence.lower().replace(".", "").split()) <= known
+
+
+def _result(qid: str, answer: str, *, finish: str = "stop", total: float = 1000.0
+            ) -> QuestionResult:
+    return QuestionResult(
+        id=qid, question="q", answer=answer, finish_reason=finish,
+        sources=[{"number": 1, "url": GOLD, "passage": "the default is 30 days"},
+                 {"number": 2, "url": "https://git-scm.com/docs/git-log",
+                  "snippet": "log"}],
+        timings={"search_ms": 10.0, "read_ms": 0.0, "rank_ms": 5.0, "ttft_ms": 200.0,
+                 "total_ms": total, "fallbacks": []},
+        usage={"prompt_tokens": 100, "completion_tokens": 40}, wall_ms=total + 5)
+
+
+def test_scorer_fills_every_metric() -> None:
+    q = Question(id="a", question="How long?", answers=["30 days"], gold_urls=[GOLD],
+                 gold_passage="the default is 30 days")
+    r = _result("a", "The default is 30 days.[citation:1] Logs are kept.[citation:2]")
+    Scorer(WordSupport()).score(q, r)
+    assert r.metrics["recall@1_anchor"] == 1.0 and r.metrics["mrr_page"] == 1.0
+    assert r.metrics["answer_contains"] == 1.0 and r.metrics["exact_match"] == 0.0
+    assert r.metrics["passage_recall"] == 1.0
+    assert r.metrics["citation_recall"] == 0.5 and r.metrics["citation_precision"] == 0.5
+    assert r.metrics["false_abstention"] == 0.0
+    assert r.metrics["tokens_per_s"] == pytest.approx(39 / 0.785)
+    assert "index_recall@5_page" not in r.metrics  # not measured
+    r.index_urls = ["https://git-scm.com/docs/git-log", f"{GOLD}~2"]
+    Scorer(None).score(q, r)
+    assert r.metrics["index_recall@5_anchor"] == 1.0 and r.metrics["index_mrr_page"] == 0.5
+    assert "citation_recall" not in r.metrics  # no support check
+
+    none = Question(id="n", question="Who won?", tags=["unanswerable"])
+    gated = _result("n", ABSTAIN_TEXT, finish="no_relevant_sources")
+    Scorer(WordSupport()).score(none, gated)
+    assert gated.metrics["abstention"] == 1.0 and "citation_recall" not in gated.metrics
+
+
+def test_answer_sentences_keep_their_citations() -> None:
+    assert answer_sentences("One.[citation:1] Two [citation:2][citation:3]. ") == [
+        ("One.", [1]), ("Two .", [2, 3])]
+
+
+def _run(tmp_path: Path, run_id: str, answers: list[str]) -> Path:
+    run_dir = tmp_path / "runs" / run_id
+    write_config(run_dir, RunConfig(run_id=run_id, dataset="dev", questions=len(answers)))
+    q = Question(id="x", question="How long?", answers=["30 days"], gold_urls=[GOLD])
+    with (run_dir / "results.jsonl").open("w") as out:
+        for i, answer in enumerate(answers):
+            r = _result(f"q{i}", answer, total=1000.0 * (i + 1))
+            Scorer(WordSupport()).score(q, r)
+            out.write(r.model_dump_json() + "\n")
+        out.write('{"id": "torn')  # a run killed mid-line
+    return run_dir
+
+
+def test_report_and_compare(tmp_path: Path) -> None:
+    a = _run(tmp_path, "a", ["It is 30 days.[citation:1]", "No idea."])
+    b = _run(tmp_path, "b", ["It is 30 days.[citation:1]"] * 2)
+    summary = write_report(a)
+    assert summary["questions"] == 2 and summary["metrics"]["answer_contains"]["mean"] == 0.5
+    assert summary["latency"]["total_ms"] == {"p50": 1500.0, "p95": 1950.0}
+    assert json.loads((a / "summary.json").read_text())["metrics"]["f1"]["n"] == 2
+    page = (a / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 2 and "<img src=\"http" not in page
+    assert "| recall@5_page | 1.000 | 2 |" in (a / "report.md").read_text()
+    text = compare_runs(a, b, tmp_path / "cmp")
+    assert "| answer_contains | 0.500 | 1.000 | +0.500 |" in text
+    assert (tmp_path / "cmp" / "compare.html").read_text().count("base64,") == 2
+    assert summarize([])["answered"] == 0
+
+
+def test_cli_errors_are_one_line(tmp_path: Path) -> None:
+    root = ["--root", str(tmp_path)]
+    for args, message in [
+        (["eval", "run", "--dataset", "nope", *root], "unknown dataset 'nope'"),
+        (["eval", "run", "--dataset", "dev", "--judge-model", "m", *root],
+         "the judge needs both"),
+        (["eval", "run", "--dataset", "dev", "--run-id", "a/b", *root], "invalid run id"),
+        (["eval", "report", "missing", *root], "no run 'missing'"),
+        (["eval", "run", "--dataset", "dev", "--base-url", "http://127.0.0.1:9", *root],
+         "the app at http://127.0.0.1:9/health does not answer"),
+        (["eval", "corpus", "--packages", "nope", *root], "unknown docs package nope"),
+    ]:
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 1, (args, result.output)
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0], result.output
+
+
+def test_cli_report_and_compare(tmp_path: Path) -> None:
+    _run(tmp_path, "a", ["It is 30 days.[citation:1]"])
+    _run(tmp_path, "b", ["Nope."])
+    runner = CliRunner()
+    out = runner.invoke(cli, ["eval", "report", "a", "--root", str(tmp_path)])
+    assert out.exit_code == 0 and "# Evaluation run `a`" in out.output
+    out = runner.invoke(cli, ["eval", "compare", "a", "b", "--root", str(tmp_path)])
+    assert out.exit_code == 0 and "| answer_contains | 1.000 | 0.000 | -1.000 |" in out.output
+    out = runner.invoke(cli, ["eval", "datasets"])
+    assert out.exit_code == 0 and "simpleqa-abstain" in out.output
+
+
+def test_judge_grades_and_support_over_an_openai_api() -> None:
+    import httpx
+
+    from evals.judges import JudgeClient, JudgeSupport
+
+    seen: list[dict[str, object]] = []
+    replies = iter(["A", " b.", "I am not sure", "YES", "No, it is not."])
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(json.loads(request.content))
+        assert request.url.path == "/v1/chat/completions"
+        assert request.headers["authorization"] == "Bearer k"
+        return httpx.Response(200, json={"choices": [{"message": {
+            "content": next(replies)}}]})
+
+    client = JudgeClient("http://judge/v1", "m", "k", transport=httpx.MockTransport(handler))
+    assert [client.grade("Q?", "30 days", p) for p in ("a", "b", "c")] == [
+        "CORRECT", "INCORRECT", "NOT_ATTEMPTED"]
+    prompt = seen[0]["messages"][0]["content"]  # type: ignore[index]
+    assert "Gold target: 30 days" in prompt and seen[0]["temperature"] == 0
+    support = JudgeSupport(client)
+    assert support.supports(["premise"], "claim") is True
+    assert support.supports(["premise"], "claim") is False
+    assert support.supports([" "], "claim") is False  # no evidence: no call, unsupported
+    assert len(seen) == 5
+
+
+def test_an_app_that_does_not_start_is_one_clear_error(tmp_path: Path) -> None:
+    from evals.runner import AppStartError, started_app
+
+    with pytest.raises(AppStartError, match=r"the app exited with 2 .*log: "):
+        with started_app(tmp_path, serve_args=["--engine", "bogus"],
+                         log_path=tmp_path / "app.log", ready_timeout=60):
+            pass
