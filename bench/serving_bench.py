@@ -120,8 +120,8 @@ def bench_llamacpp(args: argparse.Namespace) -> dict[str, Any]:
     rows: list[LoadResult] = []
     chats = chat_prompts(args.requests)
 
-    rows.append(in_process_llamacpp(model_path, chats[: max(4, args.requests // 2)],
-                                    args.max_tokens, args.n_ctx))
+    # The same prompts as every server row, so tok/s compares the same work.
+    rows.append(in_process_llamacpp(model_path, chats, args.max_tokens, args.n_ctx))
 
     port = free_port()
     peer = [sys.executable, "-m", "llama_cpp.server", "--model", model_path, "--n_ctx",

@@ -11,10 +11,12 @@ Each step packs, in this order, into one ``llama_batch`` of at most ``n_batch`` 
 1. every generating sequence's last sampled token, plus prompt-lookup draft tokens when
    enabled (all with logits);
 2. one prompt chunk for each newly admitted sequence, first come first served, while
-   whole chunks fit. Prompts are always cut at the same places (every
-   ``prefill_chunk`` tokens, and before the last token), because llama.cpp computes a
-   token slightly differently in a small ubatch than in a large one; a free slot keeps
-   its last prompt's KV, and a new request sharing a prefix reuses it up to a common cut.
+   whole chunks fit. Prompts are always cut at the same places (after every end-of-turn
+   token, every ``prefill_chunk`` tokens, and before the last token), because llama.cpp
+   computes a token slightly differently in a small ubatch than in a large one; a free
+   slot keeps its last prompt's KV, and a new request sharing a prefix reuses it up to a
+   common cut. Cutting at turn ends is what lets chats reuse a shared system prompt
+   (or a chat's earlier turns) however short it is.
 
 After the decode every sequence samples with its own sampler chain. Drafts are verified
 by sampling at each drafted position and accepting while the sample equals the draft:
@@ -62,6 +64,10 @@ DRAFT_PAUSE = 8
 # may be using before we give that core up (0.25: a core that is 75% free still counts).
 TUNE_INTERVAL_S = 0.5
 TUNE_FREE_CORE_SLACK = 0.25
+# Prompts are cut after end-of-turn tokens, except the last turn's end when only the
+# generation prompt ("<|im_start|>assistant\n" and the like, a few tokens) follows it:
+# that cut would cost a separate tiny decode call on every request, to save a repeat.
+GENERATION_PROMPT_MAX = 8
 # How long the worker sleeps when idle before re-checking its queues (it is woken early
 # on every submission, abort and shutdown).
 IDLE_WAIT_S = 0.5
@@ -213,6 +219,7 @@ class Sequence:
     completion_tokens: int = 0
     output: list[int] = field(default_factory=list)  # sampled tokens
     bounds: list[int] = field(default_factory=list)  # where prompt chunks ended
+    cuts: list[int] = field(default_factory=list)  # where its prompt chunks must end
     decoder: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
 
     def free_sampler(self) -> None:
@@ -228,6 +235,11 @@ class BatchWorker:
                  max_queue: int, draft_tokens: int, prefill_chunk: int,
                  gen_threads: int, tuner: ThreadTuner) -> None:
         self._model, self._ctx, self._vocab = model, ctx, vocab
+        # End-of-turn tokens (<|im_end|>, <|eot_id|>, ...): prompts are also cut after
+        # them, so a shared system prompt or earlier turns are a reusable prefix.
+        self._turn_ends = frozenset(
+            t for t in range(llama_cpp.llama_vocab_n_tokens(vocab))
+            if llama_cpp.llama_vocab_is_eog(vocab, t))
         self._mem = llama_cpp.llama_get_memory(ctx)
         self._n_batch = n_batch
         self._batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
@@ -350,9 +362,10 @@ class BatchWorker:
     def _admit(self, seq: Sequence) -> None:
         """Give the sequence the free slot whose cache saves it the most prompt work."""
         best, keep = self._free_slots[0], 0
+        seq.cuts = self._prompt_bounds(seq.prompt)
         for slot in self._free_slots:
             tokens, bounds = self._cached.get(slot, ([], []))
-            n = self._reusable(seq.prompt, tokens, bounds)
+            n = self._reusable(seq.prompt, seq.cuts, tokens, bounds)
             if n > keep:
                 best, keep = slot, n
         self._free_slots.remove(best)
@@ -361,28 +374,40 @@ class BatchWorker:
             llama_cpp.llama_memory_seq_rm(self._mem, best, -1, -1)
             keep = 0
         seq.slot, seq.n_past = best, keep
-        seq.bounds = [b for b in self._prompt_bounds(len(seq.prompt)) if b <= keep]
+        seq.bounds = [b for b in seq.cuts if b <= keep]
         self.stats["cached_prompt_tokens"] += keep
         self._active.append(seq)
 
-    def _prompt_bounds(self, n: int) -> list[int]:
-        """Where a prompt of ``n`` tokens is always cut: every ``prefill_chunk`` tokens,
-        and before its last token, which is decoded alone.
+    def _prompt_bounds(self, prompt: list[int]) -> list[int]:
+        """Where a prompt is always cut: after every end-of-turn token (but the one
+        just before the generation prompt), every ``prefill_chunk`` tokens, and before
+        its last token, which is decoded alone. The cuts depend only on the prompt, so a
+        prompt is cut the same way every time, and two prompts that share a prefix up
+        to a turn end (a system prompt, a chat's earlier turns) share their cuts there.
 
         Why fixed cuts: llama.cpp computes a token in a small ubatch slightly
         differently (up to ~1 in logits past ~400 tokens of context) than in a large
         one, so a prompt must be cut the same way whether it starts from scratch or
         from a cached prefix, or a repeated seeded request would not repeat itself.
         """
-        cuts = list(range(self._chunk, n - 1, self._chunk))
-        return cuts + [n - 1, n] if n > 1 else [n]
+        n = len(prompt)
+        if n <= 1:
+            return [n]
+        cuts, start = [], 0
+        for i, token in enumerate(prompt[:n - 1]):
+            turn_end = token in self._turn_ends and n - 1 - (i + 1) > GENERATION_PROMPT_MAX
+            if i + 1 < n - 1 and (i + 1 - start == self._chunk or turn_end):
+                cuts.append(i + 1)
+                start = i + 1
+        return cuts + [n - 1, n]
 
-    def _reusable(self, prompt: list[int], tokens: list[int], bounds: list[int]) -> int:
+    def _reusable(self, prompt: list[int], cuts: list[int], tokens: list[int],
+                  bounds: list[int]) -> int:
         """Cached prompt tokens usable as is: up to the last cut that both the cached
         prompt and this one made, with the same cuts before it and the same tokens."""
         same = _common_prefix(tokens, prompt)
         keep = 0
-        for old, new in zip(bounds, self._prompt_bounds(len(prompt))[:-1], strict=False):
+        for old, new in zip(bounds, cuts[:-1], strict=False):
             if old != new or new > same:
                 break
             keep = new
@@ -396,11 +421,9 @@ class BatchWorker:
         b.seq_id[i][0] = slot
         b.logits[i] = logits
 
-    def _next_cut(self, seq: Sequence) -> int:
-        n = len(seq.prompt)
-        if seq.n_past >= n - 1:
-            return n
-        return min((seq.n_past // self._chunk + 1) * self._chunk, n - 1)
+    @staticmethod
+    def _next_cut(seq: Sequence) -> int:
+        return next(c for c in seq.cuts if c > seq.n_past)
 
     def _step(self) -> None:
         n = 0

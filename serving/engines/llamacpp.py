@@ -124,6 +124,7 @@ class LlamaCppEngine(Engine):
             self._vocab = llama_cpp.llama_model_get_vocab(model)
             self._n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
             ctx, n_batch = self._new_context(model, options)
+            _warm_up(ctx, self._vocab, min(n_batch, _prefill_chunk(options)))
             self._formatter = self._chat_formatter(model)
             self._add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self._vocab))
             self._bos_text = self._token_text(llama_cpp.llama_vocab_bos(self._vocab))
@@ -377,6 +378,27 @@ class LlamaCppEngine(Engine):
         except BaseException:
             lc.llama_sampler_free(chain)
             raise
+
+
+def _warm_up(ctx: Any, vocab: Any, n_prompt: int) -> None:
+    """Decode a throwaway prompt and one token, then empty the KV memory, as llama.cpp's
+    own server does at start: llama.cpp sets up its thread pool and compute buffers on
+    the first decodes, which would otherwise add ~100 ms to the first real request."""
+    token = max(llama_cpp.llama_vocab_bos(vocab), 0)
+    batch = llama_cpp.llama_batch_init(n_prompt, 0, 1)
+    try:
+        pos = 0
+        for n in (n_prompt, 1):
+            for i in range(n):
+                batch.token[i], batch.pos[i] = token, pos + i
+                batch.n_seq_id[i], batch.seq_id[i][0], batch.logits[i] = 1, 0, i == n - 1
+            batch.n_tokens = n
+            if llama_cpp.llama_decode(ctx, batch) != 0:
+                break  # not fatal: the first request just pays the set-up itself
+            pos += n
+    finally:
+        llama_cpp.llama_batch_free(batch)
+        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), True)
 
 
 def _max_threads(options: LlamaCppOptions) -> int:

@@ -334,3 +334,42 @@ async def test_prompt_lookup_gives_identical_greedy_output(engine: LlamaCppEngin
         first = _text(await _collect(fast, _request(RAG, **kwargs)))
         assert first and first == _text(await _collect(fast, _request(RAG, **kwargs)))
         assert fast._worker.stats["accepted"] > 0  # drafts were really used
+
+
+async def test_shared_system_prompt_and_earlier_turns_are_reused_exactly(
+        engine: LlamaCppEngine) -> None:
+    """A prompt sharing a system message or earlier turns with a finished one prefills
+    only the rest (the cache is cut at turn ends; the last question's end is not cut,
+    so a follow-up recomputes only that question), and the output is exactly what a
+    fresh engine gives: the reused prefix was computed the same way."""
+    system = {"role": "system", "content": "You answer in one short sentence about "
+                                            "European geography and history."}
+    first = [system, {"role": "user", "content": "What is the capital of France?"}]
+    second = [system, {"role": "user", "content": "What is the capital of Italy?"}]
+    follow_up = [*second, {"role": "assistant", "content": "Rome."},
+                 {"role": "user", "content": "And what river flows through it?"}]
+    third = [*follow_up, {"role": "assistant", "content": "The Tiber."},
+             {"role": "user", "content": "How long is that river?"}]
+    async with await LlamaCppEngine.create(LlamaCppOptions(
+            context_length=CONTEXT, parallel=1)) as warm:
+        stats = warm._worker.stats
+
+        async def reused(messages: list[dict[str, str]]) -> tuple[str, int]:
+            before = stats["cached_prompt_tokens"]
+            text = _text(await _collect(warm, _request(messages, max_tokens=24,
+                                                       temperature=0)))
+            return text, stats["cached_prompt_tokens"] - before
+
+        await reused(first)
+        second_text, n_system = await reused(second)
+        assert n_system >= await warm.count_tokens(system["content"])
+        _, n_follow = await reused(follow_up)
+        assert n_follow >= n_system
+        third_text, n_third = await reused(third)  # system + first question + "Rome."
+        assert n_third > n_follow + await warm.count_tokens("What is the capital of Italy?")
+    for messages, text in ((second, second_text), (third, third_text)):
+        async with await LlamaCppEngine.create(LlamaCppOptions(
+                context_length=CONTEXT, parallel=1)) as cold:
+            assert _text(await _collect(cold, _request(messages, max_tokens=24,
+                                                       temperature=0))) == text
+            assert cold._worker.stats["cached_prompt_tokens"] == 0
