@@ -53,9 +53,11 @@ from search_app.events import SentenceSupport
 __all__ = [
     "RELEVANCE_THRESHOLD",
     "SUPPORT_THRESHOLD",
+    "CitedStream",
     "Grounder",
     "SentenceSplitter",
     "citations",
+    "clean_citations",
     "normalize_citations",
     "strip_citations",
 ]
@@ -92,11 +94,15 @@ def strip_citations(text: str) -> str:
 
 
 class SentenceSplitter:
-    """Cuts a token stream into whole sentences, so each can be checked and cited
-    before it is sent (the cost: text arrives a sentence at a time, ~0.2 s apart)."""
+    """Cuts a token stream into whole sentences, so each can be checked and cited."""
 
     def __init__(self) -> None:
         self._buffer = ""
+
+    @property
+    def pending(self) -> str:
+        """The sentence being written (not ended yet)."""
+        return self._buffer
 
     def feed(self, text: str) -> list[str]:
         self._buffer += text
@@ -109,6 +115,73 @@ class SentenceSplitter:
     def flush(self) -> str:
         rest, self._buffer = self._buffer, ""
         return rest
+
+
+# A citation marker still being written at the end of the text: "[", "[[cita",
+# "[citation: 1", "[citation:12]" (a second "]" may follow).
+_PARTIAL_CITATION = re.compile(
+    r"\[{1,2}(?:c(?:i(?:t(?:a(?:t(?:i(?:o(?:n(?::\s*\d*\]?)?)?)?)?)?)?)?)?)?$", re.IGNORECASE)
+
+
+def _partial_citation_start(text: str) -> int:
+    """Where an unfinished citation marker starts at the end of ``text`` (or its length)."""
+    i = text.rfind("[")
+    if i < 0:
+        return len(text)
+    if i > 0 and text[i - 1] == "[":
+        i -= 1
+    return i if _PARTIAL_CITATION.match(text, i) else len(text)
+
+
+class CitedStream:
+    """Streams the answer as it is generated while each sentence is still checked and
+    cited: text goes out at once, except what the sentence's check may still change,
+    which is held back - an unfinished citation marker (invalid ones are dropped) and a
+    sentence's trailing whitespace (a supported but uncited sentence gets its citation
+    there). :meth:`feed` returns the sentences that just ended; the caller checks each
+    and passes the result to :meth:`complete`, then sends :meth:`progress`."""
+
+    def __init__(self, n_sources: int) -> None:
+        self._splitter = SentenceSplitter()
+        self._n_sources = n_sources
+        self._sent = ""  # what has gone out of the sentence being written
+
+    def feed(self, text: str) -> list[str]:
+        return self._splitter.feed(text)
+
+    def flush(self) -> str:
+        """The last, unterminated sentence (check it and :meth:`complete` it too)."""
+        return self._splitter.flush()
+
+    def complete(self, checked: str) -> str:
+        """The rest of a finished sentence, given its checked text."""
+        sent, self._sent = self._sent, ""
+        if not checked.startswith(sent):  # cannot happen (see tests); never repeat text
+            return checked[_common_prefix(checked, sent):]
+        return checked[len(sent):]
+
+    def progress(self) -> str:
+        """New text of the sentence being written that its check can no longer change."""
+        raw = self._splitter.pending
+        safe = raw[:min(_partial_citation_start(raw), len(raw.rstrip()))]
+        text = clean_citations(safe, self._n_sources)
+        new, self._sent = text[len(self._sent):], text
+        return new
+
+
+def _common_prefix(a: str, b: str) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def clean_citations(text: str, n_sources: int) -> str:
+    """Normalized markers; those naming no listed source are removed."""
+    return _CITATION.sub(lambda m: f"[citation:{m.group(1)}]"
+                         if 1 <= int(m.group(1)) <= n_sources else "", text)
 
 
 @dataclass
@@ -131,10 +204,8 @@ class Grounder:
                     n_sources: int) -> tuple[str, SentenceSupport]:
         """Check one answer sentence; return it with invalid citations removed and a
         citation added when it is supported but cited nothing, and its support record."""
-        text = normalize_citations(sentence)
-        valid = [n for n in dict.fromkeys(citations(text)) if 1 <= n <= n_sources]
-        text = _CITATION.sub(lambda m: m.group(0) if 1 <= int(m.group(1)) <= n_sources
-                             else "", text)
+        text = clean_citations(sentence, n_sources)
+        valid = list(dict.fromkeys(citations(text)))
         plain = strip_citations(text)
         if len(plain) < 3 or not any(c.isalnum() for c in plain):
             return text, SentenceSupport(sentence=plain, cited=valid, supported=True,

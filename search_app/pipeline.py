@@ -4,7 +4,7 @@ Read :meth:`AnswerPipeline.answer` top to bottom; it is the whole flow, in order
 
     rewrite follow-up -> search (provider chain) -> read pages (budgeted) -> rank
     -> relevance gate -> pack into the model's context window
-    -> stream the answer, sentence by sentence, each checked and cited
+    -> stream the answer token by token, each sentence checked and cited as it ends
        (related questions generated alongside from the first sentence on,
         JSON-schema constrained)
     -> related, support, timings, done -> store
@@ -50,7 +50,7 @@ from search_app.events import (
     TimingsEvent,
     Usage,
 )
-from search_app.grounding import Grounder, SentenceSplitter
+from search_app.grounding import CitedStream, Grounder
 from search_app.metrics import AnswerMetrics
 from search_app.store import AnswerRecord, Store
 from serving.engines.base import Engine, GenerationChunk, GenerationRequest, SamplingOptions
@@ -179,7 +179,8 @@ class AnswerPipeline:
         yield emit(SourcesEvent(sources=sources, provider=found.provider, relevant=relevant))
         context = prompts.format_context([(p.source_id, p.title, p.text) for p in packed])
 
-        # 6. Stream the answer a sentence at a time, checking and citing each sentence;
+        # 6. Stream the answer as it is generated, checking and citing each sentence
+        #    as it ends (only what that check may change is held back);
         #    related questions are generated alongside, started once the first sentence
         #    is out so that their prompt does not compete with the answer's first token.
         related_task: asyncio.Task[list[str]] | None = None
@@ -202,7 +203,7 @@ class AnswerPipeline:
                     sampling=SamplingOptions(max_tokens=answer_tokens,
                                              temperature=opts.temperature,
                                              repetition_penalty=opts.repetition_penalty))
-                splitter, t_gen = SentenceSplitter(), time.perf_counter()
+                cited, t_gen = CitedStream(len(sources)), time.perf_counter()
                 finish = "stop"
                 async with contextlib.aclosing(engine.generate(request)) as stream:
                     while True:
@@ -218,20 +219,25 @@ class AnswerPipeline:
                         usage = Usage(prompt_tokens=chunk.prompt_tokens,
                                       completion_tokens=chunk.completion_tokens)
                         finish = chunk.finish_reason or finish
-                        for sentence in splitter.feed(chunk.text):
+                        for sentence in cited.feed(chunk.text):
                             text, checked = await self.grounder.check(
                                 sentence, packed, req.query, len(sources))
-                            answer += text
                             support.append(checked)
-                            yield emit(DeltaEvent(text=text))
+                            if rest := cited.complete(text):
+                                answer += rest
+                                yield emit(DeltaEvent(text=rest))
                             start_related()
-                rest = splitter.flush()
-                if rest.strip():
-                    text, checked = await self.grounder.check(rest, packed, req.query,
+                        if text := cited.progress():
+                            answer += text
+                            yield emit(DeltaEvent(text=text))
+                last = cited.flush()  # the answer's last sentence, if it did not end
+                if last.strip():
+                    text, checked = await self.grounder.check(last, packed, req.query,
                                                               len(sources))
-                    answer += text
                     support.append(checked)
-                    yield emit(DeltaEvent(text=text))
+                    if rest := cited.complete(text):
+                        answer += rest
+                        yield emit(DeltaEvent(text=rest))
             start_related()
             related = await _settle(related_task, opts.related_timeout_s, fallbacks)
         except _FirstTokenTimeout:

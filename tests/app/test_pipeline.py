@@ -6,10 +6,16 @@ import asyncio
 from pathlib import Path
 
 from search_app.events import DeltaEvent, SourcesEvent
-from search_app.grounding import SentenceSplitter, citations, normalize_citations
+from search_app.grounding import (
+    CitedStream,
+    SentenceSplitter,
+    citations,
+    clean_citations,
+    normalize_citations,
+)
 from search_app.pipeline import AnswerRequest, PipelineOptions, rewrite_query
 from search_app.store import AnswerRecord, Store
-from tests.app.support import RESULTS, ScriptedEngine, make_pipeline
+from tests.app.support import ANSWER, RESULTS, ScriptedEngine, make_pipeline
 
 
 async def test_disconnect_aborts_generation_and_stores_nothing(tmp_path: Path) -> None:
@@ -143,3 +149,48 @@ def test_store_round_trip(tmp_path: Path) -> None:
     assert store.history("c1")[0]["answers"] == 2 and store.history("other") == []
     store.save_lepton("u", "body")
     assert store.get_lepton("u") == "body" and store.get_lepton("v") is None
+
+
+def _checked(sentence: str, n_sources: int) -> str:
+    """What the grounder does to a sentence's text: clean its citations and cite an
+    uncited sentence before its trailing whitespace."""
+    text = clean_citations(sentence, n_sources)
+    if not citations(text):
+        body = text.rstrip()
+        text = f"{body}[citation:1]{text[len(body):]}"
+    return text
+
+
+def _stream(pieces: list[str], n_sources: int) -> tuple[list[str], list[str]]:
+    """Emitted deltas and the sentences, the way the pipeline drives CitedStream."""
+    cited, out, sentences = CitedStream(n_sources), [], []
+    for piece in pieces:
+        for sentence in cited.feed(piece):
+            sentences.append(sentence)
+            out.append(cited.complete(_checked(sentence, n_sources)))
+        out.append(cited.progress())
+    if (last := cited.flush()).strip():
+        sentences.append(last)
+        out.append(cited.complete(_checked(last, n_sources)))
+    return [o for o in out if o], sentences
+
+
+def test_cited_stream_sends_text_at_once_and_ends_as_sentence_checks_say() -> None:
+    raw = ("The tower [[citation:1]] is tall. It is in Paris [citation: 2] and Lyon "
+           "[citation:9]. Bananas grow on the Moon. [Note] a [c.\nDone [citation:3")
+    whole = "".join(ANSWER) + " " + raw
+    expected = "".join(_checked(s, 3) for s in SentenceSplitter().feed(whole)) + \
+        _checked("Done [citation:3", 3)
+    for pieces in (list(whole), ANSWER + [" " + raw], [whole],
+                   [whole[i:i + 7] for i in range(0, len(whole), 7)]):
+        out, _ = _stream(pieces, 3)
+        assert "".join(out) == expected
+        for delta in out:  # nothing that a check removes ever goes out
+            assert "[citation:7]" not in delta and "[citation:9]" not in delta
+            assert "[[" not in delta and "citation: " not in delta
+    # streaming: one character at a time, text goes out before the first sentence ends
+    out, sentences = _stream(list(whole), 3)
+    assert len(out) > 3 * len(sentences)
+    assert "".join(out).startswith("The Eiffel Tower was designed")
+    first_sentence_end = "".join(out).index("[citation:1]")
+    assert len(out[0]) < first_sentence_end
