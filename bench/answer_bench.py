@@ -8,16 +8,17 @@ llama.cpp SmolLM2 model) and drives ``POST /api/search`` with httpx, parsing the
 stream. Per question it records, on the client clock from just before the request:
 
 * ``sources_ms``: the ``sources`` event (search + read + rank + pack + HTTP);
-* ``first_delta_ms``: the first ``delta`` event (the first *checked sentence*);
+* ``first_delta_ms``: the first ``delta`` event (the answer streams as it is written, so
+  this is the first token, unless it opens a citation marker);
 * the ``timings`` event: search_ms, read_ms, rank_ms, ttft_ms (the engine's time to first
   token, measured inside the pipeline from ``engine.generate`` to its first chunk, for
   the exact prompt the pipeline built), total_ms.
 
 Pipeline overhead (issue 4) = first_delta_ms - timings.ttft_ms: everything the client
-waits for that is not the engine producing its first token. Because the pipeline streams
-a sentence at a time after a grounding check, that includes the rest of the first
-sentence's generation; so ``first_token_overhead_ms`` (= sources_ms, i.e. the time before
-generation starts) is reported as well. As an outside check, the same passages are sent
+waits for that is not the engine producing its first token. (Before the pipeline
+streamed tokens it sent a sentence at a time after a grounding check, so this included
+the rest of the first sentence's generation; ``first_token_overhead_ms`` (= sources_ms,
+the time before generation starts) is reported as well.) As an outside check, the same passages are sent
 with the same template to the same server's ``/v1/chat/completions`` at the same
 concurrency (``engine_http_ttft_ms``); llama.cpp serves that repeat from its prompt
 cache, so it understates a cold TTFT (skip it with ``--no-engine-check``).
