@@ -18,8 +18,8 @@ Pipeline overhead (issue 4) = first_delta_ms - timings.ttft_ms: everything the c
 waits for that is not the engine producing its first token. (Before the pipeline
 streamed tokens it sent a sentence at a time after a grounding check, so this included
 the rest of the first sentence's generation; ``first_token_overhead_ms`` (= sources_ms,
-the time before generation starts) is reported as well.) As an outside check, the same passages are sent
-with the same template to the same server's ``/v1/chat/completions`` at the same
+the time before generation starts) is reported as well.) As an outside check, the same
+passages are sent with the same template to the same server's ``/v1/chat/completions`` at the same
 concurrency (``engine_http_ttft_ms``); llama.cpp serves that repeat from its prompt
 cache, so it understates a cold TTFT (skip it with ``--no-engine-check``).
 
