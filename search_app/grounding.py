@@ -164,7 +164,8 @@ class CitedStream:
         """New text of the sentence being written that its check can no longer change."""
         raw = self._splitter.pending
         safe = raw[:min(_partial_citation_start(raw), len(raw.rstrip()))]
-        text = clean_citations(safe, self._n_sources)
+        # Strip again after cleaning: a dropped marker can leave whitespace at the end.
+        text = clean_citations(safe, self._n_sources).rstrip()
         new, self._sent = text[len(self._sent):], text
         return new
 

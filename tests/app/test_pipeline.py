@@ -177,7 +177,8 @@ def _stream(pieces: list[str], n_sources: int) -> tuple[list[str], list[str]]:
 
 def test_cited_stream_sends_text_at_once_and_ends_as_sentence_checks_say() -> None:
     raw = ("The tower [[citation:1]] is tall. It is in Paris [citation: 2] and Lyon "
-           "[citation:9]. Bananas grow on the Moon. [Note] a [c.\nDone [citation:3")
+           "[citation:9]. Bananas grow on the Moon. [Note] a [c.\nLyon. [citation:9] "
+           "Next [citation:9] [citation:8] one. Done [citation:3")
     whole = "".join(ANSWER) + " " + raw
     expected = "".join(_checked(s, 3) for s in SentenceSplitter().feed(whole)) + \
         _checked("Done [citation:3", 3)
@@ -194,3 +195,21 @@ def test_cited_stream_sends_text_at_once_and_ends_as_sentence_checks_say() -> No
     assert "".join(out).startswith("The Eiffel Tower was designed")
     first_sentence_end = "".join(out).index("[citation:1]")
     assert len(out[0]) < first_sentence_end
+
+
+def test_cited_stream_matches_sentence_checks_on_random_text() -> None:
+    """Random mixes of words, citation markers (valid, invalid, malformed) and sentence
+    ends, cut into random chunks: what streams out is always what the checks produce."""
+    import random
+
+    rng = random.Random(7)
+    parts = ["Foo", " bar", ".", " ", "  ", "\n", "[citation:1]", "[citation:9]",
+             "[[citation:2]]", "[citation: 3]", "[", "[c", "]", "!", " Baz", "?", "x"]
+    for _ in range(500):
+        whole = "".join(rng.choice(parts) for _ in range(rng.randint(1, 25)))
+        cuts = sorted(rng.sample(range(1, len(whole)), min(len(whole) - 1,
+                                                          rng.randint(0, 8))))
+        pieces = [whole[a:b] for a, b in zip([0, *cuts], [*cuts, len(whole)],
+                                             strict=True)]
+        out, sentences = _stream(pieces, 3)
+        assert "".join(out) == "".join(_checked(s, 3) for s in sentences), whole
