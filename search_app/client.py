@@ -30,6 +30,7 @@ from httpx_sse import ServerSentEvent, SSEError, aconnect_sse, connect_sse
 from pydantic import BaseModel, Field, SerializeAsAny
 
 from search_app.events import (
+    EVENT_NAMES,
     AnswerEvent,
     DeltaEvent,
     DoneEvent,
@@ -38,6 +39,7 @@ from search_app.events import (
     SearchEvent,
     Source,
     SourcesEvent,
+    StageEvent,
     SupportEvent,
     TimingsEvent,
     Usage,
@@ -84,7 +86,8 @@ class Answer(BaseModel):
         """Fold a stream into an answer; raises :class:`SearchAPIError` on ``error``."""
         fields: dict[str, Any] = {"answer": "", "events": []}
         for event in events:
-            fields["events"].append(event)
+            if not isinstance(event, StageEvent):  # progress only; not part of the answer
+                fields["events"].append(event)
             match event:
                 case SearchEvent():
                     fields.update(search_id=event.search_id, thread_id=event.thread_id,
@@ -135,7 +138,8 @@ def _raise_for_status(response: httpx.Response, body: bytes) -> None:
 
 def _parse(source_events: Iterable[ServerSentEvent]) -> Iterator[AnswerEvent]:
     for sse in source_events:
-        yield _event(sse)
+        if sse.event in EVENT_NAMES:  # newer servers may send events this client lacks
+            yield _event(sse)
 
 
 def _event(sse: ServerSentEvent) -> AnswerEvent:
@@ -242,7 +246,8 @@ class AsyncSearchClient:
                               else await source.response.aread())
             try:
                 async for sse in source.aiter_sse():
-                    yield _event(sse)
+                    if sse.event in EVENT_NAMES:
+                        yield _event(sse)
             except SSEError as exc:
                 raise SearchAPIError("bad_stream", str(exc)) from None
 

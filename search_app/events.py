@@ -24,10 +24,12 @@ __all__ = [
     "SearchEvent",
     "Source",
     "SourcesEvent",
+    "StageEvent",
     "SentenceSupport",
     "SupportEvent",
     "TimingsEvent",
     "Usage",
+    "EVENT_NAMES",
     "event_from_dict",
 ]
 
@@ -52,6 +54,17 @@ class SearchEvent(AnswerEvent):
     query: str
     search_query: str = Field(description="What was sent to the search provider "
                                           "(follow-ups are rewritten with the history).")
+
+
+class StageEvent(AnswerEvent):
+    """Progress before the sources arrive: the stage that starts now. Not stored (a
+    replay has nothing to wait for)."""
+
+    name: ClassVar[str] = "stage"
+    stage: Literal["read", "rank"] = Field(
+        description="read: fetching the result pages; rank: chunking and ranking passages "
+                    "(searching is announced by the search event).")
+    detail: str | None = Field(None, description="e.g. how many pages or documents.")
 
 
 class Source(BaseModel):
@@ -130,9 +143,12 @@ class ErrorEvent(AnswerEvent):
 
 
 _BY_NAME: dict[str, type[AnswerEvent]] = {
-    cls.name: cls for cls in (SearchEvent, SourcesEvent, DeltaEvent, RelatedEvent,
+    cls.name: cls for cls in (SearchEvent, StageEvent, SourcesEvent, DeltaEvent, RelatedEvent,
                               SupportEvent, TimingsEvent, DoneEvent, ErrorEvent)
 }
+
+
+EVENT_NAMES = frozenset(_BY_NAME)
 
 
 def event_from_dict(record: dict[str, Any]) -> AnswerEvent:

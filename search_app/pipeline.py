@@ -46,6 +46,7 @@ from search_app.events import (
     SentenceSupport,
     Source,
     SourcesEvent,
+    StageEvent,
     SupportEvent,
     TimingsEvent,
     Usage,
@@ -148,6 +149,7 @@ class AnswerPipeline:
         # 2. Read pages (web providers only: local results already carry the full text).
         t0 = time.perf_counter()
         if req.read_pages and self.reader is not None and found.provider != "local":
+            yield StageEvent(stage="read", detail=f"{len(found.results)} pages")
             docs = await self.reader.read(found.results)
             slow = sum(d.status != "ok" for d in docs)
             if slow:
@@ -156,6 +158,7 @@ class AnswerPipeline:
             docs = [_as_document(r) for r in found.results]
         read_ms = _ms(t0)
         # 3. Rank passages (fallback: the provider's order, one passage per result).
+        yield StageEvent(stage="rank", detail=f"{len(docs)} documents")
         t0 = time.perf_counter()
         try:
             async with asyncio.timeout(opts.rank_timeout_s):

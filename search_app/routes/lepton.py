@@ -27,6 +27,7 @@ from search_app.events import (
     RelatedEvent,
     SearchEvent,
     SourcesEvent,
+    StageEvent,
 )
 from search_app.pipeline import AnswerRequest
 from serving.errors import BadRequestError, error_body
@@ -68,7 +69,7 @@ async def query(body: LeptonQuery, pipeline: PipelineDep, store: StoreDep) -> Re
     # code (the front end shows its error overlay for anything but 200).
     first: AnswerEvent | None = None
     async for event in stream:
-        if not isinstance(event, SearchEvent):
+        if not isinstance(event, (SearchEvent, StageEvent)):
             first = event
             break
     if isinstance(first, ErrorEvent) or first is None:

@@ -11,7 +11,7 @@ import pytest
 from search_app.events import event_from_dict
 from tests.app.support import ScriptedEngine, make_app, parse_lepton, parse_sse
 
-ORDER = ["search", "sources", "delta", "related", "support", "timings", "done"]
+ORDER = ["search", "stage", "sources", "delta", "related", "support", "timings", "done"]
 
 
 def _client(app: object) -> httpx.AsyncClient:
@@ -38,7 +38,8 @@ async def test_event_order_shapes_and_stored_copy(tmp_path: Path) -> None:
         assert _collapse([n for n, _ in events]) == ORDER
         for name, data in events:  # every payload validates against its model
             assert event_from_dict({"event": name, "data": data}).name == name
-        search, sources = events[0][1], events[1][1]["sources"]
+        search, sources = events[0][1], dict(events)["sources"]["sources"]
+        assert dict(events)["stage"] == {"stage": "rank", "detail": "3 documents"}
         assert [s["number"] for s in sources] == list(range(1, len(sources) + 1))
         assert all(s["url"].startswith("https://") and s["site"] for s in sources)
         answer = "".join(d["text"] for n, d in events if n == "delta")
@@ -56,7 +57,9 @@ async def test_event_order_shapes_and_stored_copy(tmp_path: Path) -> None:
         stored = await client.get(f"/api/search/{search['search_id']}")
         assert stored.status_code == 200
         record = stored.json()
-        assert [(e["event"], e["data"]) for e in record["events"]] == events
+        # stored exactly as streamed, without the progress events
+        assert [(e["event"], e["data"]) for e in record["events"]] == [
+            (n, d) for n, d in events if n != "stage"]
         assert record["answer"] == answer and record["thread_id"] == search["thread_id"]
         assert (await client.get("/api/search/nope")).status_code == 404
 
@@ -139,7 +142,7 @@ async def test_model_not_loaded_is_an_error_event(tmp_path: Path) -> None:
     app.state.answer.pipeline.engine = down
     async with _client(app) as client:
         events = await _ask(client)
-    assert [n for n, _ in events] == ["search", "error"]
+    assert [n for n, _ in events] == ["search", "stage", "error"]
     assert events[-1][1]["code"] == "model_unavailable"
 
 

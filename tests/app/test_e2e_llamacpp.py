@@ -47,9 +47,9 @@ def _ask(server: ServerProcess, **body: object) -> list[tuple[str, dict]]:
 def test_answer_stream_store_and_follow_up(app_server: ServerProcess) -> None:
     events = _ask(app_server, query="Who designed the Eiffel Tower?")
     names = [n for n, _ in events]
-    assert names[:2] == ["search", "sources"] and names[-4:] == [
+    assert names[:3] == ["search", "stage", "sources"] and names[-4:] == [
         "related", "support", "timings", "done"], names
-    assert set(names[2:-4]) == {"delta"}
+    assert set(names[3:-4]) == {"delta"}
     data = dict(events)
     sources = data["sources"]["sources"]
     assert data["sources"]["relevant"] and "Eiffel Tower" in [s["title"] for s in sources]
@@ -58,7 +58,8 @@ def test_answer_stream_store_and_follow_up(app_server: ServerProcess) -> None:
 
     search_id = events[0][1]["search_id"]
     record = httpx.get(f"{app_server.url}/api/search/{search_id}").json()
-    assert [(e["event"], e["data"]) for e in record["events"]] == events
+    assert [(e["event"], e["data"]) for e in record["events"]] == [
+        (n, d) for n, d in events if n != "stage"]  # progress events are not stored
     numbers = {s["number"] for s in record["sources"]}
     for n in re.findall(r"\[citation:(\d+)\]", record["answer"]):
         assert int(n) in numbers

@@ -213,3 +213,29 @@ def test_cited_stream_matches_sentence_checks_on_random_text() -> None:
                                              strict=True)]
         out, sentences = _stream(pieces, 3)
         assert "".join(out) == "".join(_checked(s, 3) for s in sentences), whole
+
+
+async def test_stage_events_announce_reading_and_ranking_and_are_not_stored(
+        tmp_path: Path) -> None:
+    from retrieval.providers import FallbackSearch, LocalProvider
+    from retrieval.types import Document
+    from tests.app.support import search_fn
+
+    class Reader:  # the reader's interface; real page reads are tested in tests/retrieval
+        async def read(self, results):  # type: ignore[no-untyped-def]
+            return [Document(result=r, text=r.snippet, title=r.title, status="ok")
+                    for r in results]
+
+    store = Store(tmp_path / "s.sqlite")
+    pipeline = make_pipeline(ScriptedEngine(), store)
+    pipeline.chains = {"local": FallbackSearch([LocalProvider(search_fn(RESULTS),
+                                                              name="web")])}
+    pipeline.reader = Reader()  # type: ignore[assignment]
+    request = AnswerRequest(query="Who designed the Eiffel Tower?")
+    events = [e async for e in pipeline.run(request)]
+    names = [e.name for e in events]
+    assert names[:4] == ["search", "stage", "stage", "sources"]
+    assert [(e.stage, e.detail) for e in events[1:3]] == [("read", "3 pages"),
+                                                           ("rank", "3 documents")]
+    stored = store.get_answer(request.search_id)
+    assert stored is not None and "stage" not in [e["event"] for e in stored.events]

@@ -15,7 +15,6 @@
   const CITE = /\[citation:(\d+)\]/g;
   const MARK = /\uE000(\d+)\uE001/g; // citation placeholders between markdown and chips
   const IDLE_MS = 30000; // the server pings every 5 s: this much silence is a dead line
-  const STAGES = [[0, 'Searching'], [1500, 'Reading pages'], [3500, 'Ranking passages']];
   const ERRORS = {
     search_failed: 'The search provider is down or not answering.',
     no_results: 'The search found nothing for this question.',
@@ -119,15 +118,10 @@
   function setStage(turn, text) { turn.stage.hidden = false; turn.stageText.textContent = text; }
 
   function startStages(turn, searchQuery) {
-    // The API reports search/read/rank durations at the end (timings); meanwhile the
-    // indicator walks through the stages on their typical schedule.
-    const what = searchQuery ? ` for “${searchQuery}”` : '';
-    for (const [delay, label] of STAGES) {
-      turn.timers.push(setTimeout(() => {
-        if (!turn.sources.length && !turn.sourcesSeen) setStage(turn, `${label}${delay ? '' : what}…`);
-      }, delay));
-    }
+    // Live: the search event starts it, then stage events (read, rank), then sources.
+    setStage(turn, `Searching${searchQuery ? ` for “${searchQuery}”` : ''}…`);
   }
+  const STAGE_TEXT = { read: 'Reading', rank: 'Ranking' };
   const clearTimers = (turn) => { turn.timers.forEach(clearTimeout); turn.timers = []; };
 
   // --------------------------------------------------------------------- rendering
@@ -279,6 +273,11 @@
       case 'search':
         turn.searchId = data.search_id; turn.threadId = data.thread_id;
         if (!turn.replay) { clearTimers(turn); startStages(turn, data.search_query); }
+        break;
+      case 'stage':
+        if (!turn.replay && !turn.sourcesSeen && STAGE_TEXT[data.stage]) {
+          setStage(turn, `${STAGE_TEXT[data.stage]} ${data.detail || ''}…`.replace(' …', '…'));
+        }
         break;
       case 'sources':
         clearTimers(turn);
