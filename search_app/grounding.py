@@ -40,6 +40,7 @@ same-topic false claims, 64 off-topic sentences):
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -156,9 +157,8 @@ class CitedStream:
     def complete(self, checked: str) -> str:
         """The rest of a finished sentence, given its checked text."""
         sent, self._sent = self._sent, ""
-        if not checked.startswith(sent):  # cannot happen (see tests); never repeat text
-            return checked[_common_prefix(checked, sent):]
-        return checked[len(sent):]
+        # ``checked`` starts with ``sent`` (tested); the common prefix never repeats text
+        return checked[len(os.path.commonprefix([checked, sent])):]
 
     def progress(self) -> str:
         """New text of the sentence being written that its check can no longer change."""
@@ -168,15 +168,6 @@ class CitedStream:
         text = clean_citations(safe, self._n_sources).rstrip()
         new, self._sent = text[len(self._sent):], text
         return new
-
-
-def _common_prefix(a: str, b: str) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 def clean_citations(text: str, n_sources: int) -> str:

@@ -233,13 +233,11 @@ class BatchWorker:
 
     def __init__(self, *, model: Any, ctx: Any, vocab: Any, n_batch: int, n_seq_max: int,
                  max_queue: int, draft_tokens: int, prefill_chunk: int,
-                 gen_threads: int, tuner: ThreadTuner) -> None:
+                 gen_threads: int, tuner: ThreadTuner, turn_ends: frozenset[int]) -> None:
         self._model, self._ctx, self._vocab = model, ctx, vocab
         # End-of-turn tokens (<|im_end|>, <|eot_id|>, ...): prompts are also cut after
         # them, so a shared system prompt or earlier turns are a reusable prefix.
-        self._turn_ends = frozenset(
-            t for t in range(llama_cpp.llama_vocab_n_tokens(vocab))
-            if llama_cpp.llama_vocab_is_eog(vocab, t))
+        self._turn_ends = turn_ends
         self._mem = llama_cpp.llama_get_memory(ctx)
         self._n_batch = n_batch
         self._batch = llama_cpp.llama_batch_init(n_batch, 0, 1)

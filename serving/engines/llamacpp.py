@@ -132,6 +132,7 @@ class LlamaCppEngine(Engine):
             # by each sampler), so the text stays natural instead of running past an EOS.
             eog = [t for t in range(self._n_vocab)
                    if llama_cpp.llama_vocab_is_eog(self._vocab, t)]
+            self._eog = frozenset(eog)
             self._eog_bias = (llama_cpp.llama_logit_bias * len(eog))()
             for i, tok in enumerate(eog):
                 self._eog_bias[i].token, self._eog_bias[i].bias = tok, float("-inf")
@@ -146,7 +147,8 @@ class LlamaCppEngine(Engine):
                                    prefill_chunk=_prefill_chunk(options),
                                    gen_threads=_gen_threads(options),
                                    tuner=ThreadTuner(_max_threads(options),
-                                                     fixed=options.n_threads is not None))
+                                                     fixed=options.n_threads is not None),
+                                   turn_ends=self._eog)
         self._closed = False
         self._worker.start()
 
