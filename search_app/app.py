@@ -90,23 +90,26 @@ def create_app(settings: Settings) -> FastAPI:
 
 
 async def _load(app: FastAPI, settings: Settings, options: ServerOptions,
-                registry: ModelRegistry, stack: contextlib.AsyncExitStack) -> None:
+                registry: ModelRegistry, stack: contextlib.AsyncExitStack) -> str | None:
+    """Store, models, then retrieval; returns a one-line failure (see background_lifespan)."""
     store = await asyncio.to_thread(Store, settings.store_file())
     stack.callback(store.close)
     app.state.store = store
-    await load_models(registry, options, stack)
-    if registry.state != "ready":
+    failure = await load_models(registry, options, stack)
+    if failure is not None:
         app.state.answer_failure = "the model failed to load"
-        return
+        return failure
     try:
         app.state.answer = await build_answer_services(settings, registry, store, stack,
                                                        metrics=app.state.answer_metrics)
         log.info("answer engine ready (provider %s)", settings.provider)
+        return None
     except asyncio.CancelledError:
         raise
     except Exception as exc:
         app.state.answer_failure = f"{type(exc).__name__}: {exc}"
         log.exception("building the answer engine failed")
+        return f"the answer engine could not be built: {app.state.answer_failure}"
 
 
 async def build_answer_services(settings: Settings, registry: ModelRegistry, store: Store,

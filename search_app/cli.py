@@ -78,10 +78,26 @@ def _configure_logging(level: str) -> None:
 
 
 def _run_server(app: Any, settings: Settings) -> None:
+    """Serve until stopped; exit 1 with one line when the models cannot start (the
+    lifespan reports it through ``app.state.on_fatal``)."""
     import uvicorn
 
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                timeout_graceful_shutdown=5)
+    server = uvicorn.Server(uvicorn.Config(
+        app, host=settings.host, port=settings.port, log_level=settings.log_level,
+        timeout_graceful_shutdown=5))
+    fatal: list[str] = []
+
+    def on_fatal(reason: str) -> None:
+        fatal.append(reason)
+        server.should_exit = True
+
+    app.state.on_fatal = on_fatal
+    server.run()
+    if fatal:
+        click.echo(f"search-app: error: the model could not start: {fatal[0]}", err=True)
+        sys.exit(1)
+    if not server.started:  # e.g. the port was taken: uvicorn has said why
+        sys.exit(1)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

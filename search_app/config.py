@@ -20,7 +20,13 @@ from retrieval.providers import ProviderOptions
 from retrieval.reader import ReaderOptions
 from search_app.pipeline import PipelineOptions
 from serving.app import ServerOptions
-from serving.engines import EngineOptions, LlamaCppOptions, UpstreamOptions, VLLMOptions
+from serving.engines import (
+    EngineOptions,
+    LlamaCppOptions,
+    ProcessOptions,
+    UpstreamOptions,
+    VLLMOptions,
+)
 
 __all__ = ["ENV_PREFIX", "Settings"]
 
@@ -74,6 +80,17 @@ class Settings(BaseSettings):
     prompt_lookup_tokens: int = Field(
         0, ge=0, le=16,
         description="llama.cpp: prompt-lookup speculative decoding draft length (0 off).")
+    isolate_engine: bool = Field(
+        True, description="llama.cpp: run the engine in a supervised child process, so a "
+                          "crash (segfault, OOM kill) fails only the answers in flight and "
+                          "the engine restarts; off: in the app's process.")
+    engine_restart_backoff_s: float = Field(
+        0.5, gt=0, le=60, description="llama.cpp in a child process: first restart delay "
+                                      "after a crash (doubles on repeated crashes, up to "
+                                      "30 s).")
+    llama_amx: bool = Field(
+        False, description="llama.cpp: use its AMX kernels on Intel AMX CPUs (they crash "
+                           "on some; scripts/setup.sh also builds with AMX when set).")
     dtype: str = Field("auto", description="vLLM: weights dtype (auto, float16, bfloat16, "
                                            "float32).")
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="vLLM: GPU memory share.")
@@ -166,6 +183,7 @@ class Settings(BaseSettings):
             context_length=self.context_length or 4096,
             parallel=self.parallel, max_queue=self.max_queue, n_threads=self.threads,
             n_gpu_layers=self.gpu_layers, prompt_lookup_tokens=self.prompt_lookup_tokens,
+            allow_amx=self.llama_amx,
         )
         vllm = VLLMOptions(
             model=self.model, served_model_name=self.served_model_name, dtype=self.dtype,
@@ -179,7 +197,10 @@ class Settings(BaseSettings):
             served_model_name=self.served_model_name, context_length=self.context_length,
             timeout_s=self.upstream_timeout_s,
         ) if self.upstream_url else None
-        return EngineOptions(llamacpp=llamacpp, vllm=vllm, upstream=upstream)
+        return EngineOptions(llamacpp=llamacpp, vllm=vllm, upstream=upstream,
+                             process=ProcessOptions(
+                                 restart_backoff_s=self.engine_restart_backoff_s)
+                             if self.isolate_engine else None)
 
     def provider_options(self) -> ProviderOptions:
         urls = {"searxng_url": self.searxng_url} if self.searxng_url else {}

@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator, Callable
 
 from pydantic import BaseModel, Field
 
+from search_app.answer_errors import answer_error
 from search_app.events import (
     AnswerEvent,
     DeltaEvent,
@@ -37,9 +38,7 @@ from search_app.pipeline import AnswerPipeline, AnswerRequest
 from serving.errors import (
     BadRequestError,
     EngineError,
-    EngineNotReadyError,
     ServingError,
-    UpstreamError,
 )
 from serving.handlers import DONE, sse_error
 from serving.protocol import (
@@ -82,14 +81,10 @@ class CitedChatCompletionChunk(ChatCompletionChunk, _Cited):
 
 
 def _to_error(event: ErrorEvent) -> ServingError:
-    """The pipeline's error codes as HTTP errors (before any byte was sent)."""
-    if event.code == "model_unavailable":
-        return EngineNotReadyError(event.message)
-    if event.code == "search_failed":
-        return UpstreamError(f"Search failed: {event.message}", status=502)
-    if event.code == "model_timeout":
-        return UpstreamError(event.message, status=504)
-    return EngineError(event.message)
+    """The pipeline's error codes as HTTP errors (one table: search_app.answer_errors)."""
+    message = f"Search failed: {event.message}" if event.code == "search_failed" \
+        else event.message
+    return answer_error(event.code, message)
 
 
 def _conversation(req: ChatCompletionRequest) -> tuple[str, list[tuple[str, str]]]:

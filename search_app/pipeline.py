@@ -36,6 +36,7 @@ from retrieval.ranking import Ranker
 from retrieval.reader import PageReader
 from retrieval.types import Document, Passage, SearchResult
 from search_app import prompts
+from search_app.answer_errors import engine_error_code
 from search_app.events import (
     AnswerEvent,
     DeltaEvent,
@@ -170,14 +171,14 @@ class AnswerPipeline:
         rank_ms = _ms(t0)
         # 4. Relevance gate: nothing close enough -> abstain without asking the model.
         relevant = self.grounder.relevant(passages)
+        # 5. Pack the best passages into the model's real context window.
         try:
             engine = self.engine()
+            packed, answer_tokens, history, origin = (
+                await _pack(engine, req, passages, opts) if relevant else ([], 0, [], {}))
         except ServingError as exc:
-            yield ErrorEvent(code="model_unavailable", message=exc.message)
+            yield ErrorEvent(code=engine_error_code(exc), message=exc.message)
             return
-        # 5. Pack the best passages into the model's real context window.
-        packed, answer_tokens, history, origin = (
-            await _pack(engine, req, passages, opts) if relevant else ([], 0, [], {}))
         sources = _sources(origin, docs, opts.snippet_chars, packed)
         yield emit(SourcesEvent(sources=sources, provider=found.provider, relevant=relevant))
         context = prompts.format_context([(p.source_id, p.title, p.text) for p in packed])
@@ -248,7 +249,7 @@ class AnswerPipeline:
                              f"{opts.first_token_timeout_s:g} s; try again later.")
             return
         except ServingError as exc:
-            yield ErrorEvent(code="model_error", message=exc.message)
+            yield ErrorEvent(code=engine_error_code(exc), message=exc.message)
             return
         finally:
             _discard(related_task)

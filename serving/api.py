@@ -172,7 +172,9 @@ async def embeddings(body: EmbeddingRequest, registry: RegistryDep, metrics: Met
 
 @router.get("/health", tags=["ops"], responses={503: {"model": ErrorResponse}})
 async def health(registry: RegistryDep) -> Response:
-    registry.default_engine  # raises EngineNotReadyError (503) while loading  # noqa: B018
+    """200 when the model can serve; 503 with the reason while it loads, failed to load,
+    or its process crashed and is restarting."""
+    registry.default_engine.check_health()
     return JSONResponse({"status": "ok", "models": registry.names()})
 
 
@@ -189,7 +191,7 @@ def _error_response(status: int, body: dict[str, Any]) -> JSONResponse:
 
 async def _serving_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServingError)
-    if exc.status_code >= 500:
+    if exc.status_code >= 500 and request.url.path != "/health":  # probes poll /health
         log.warning("%s %s -> %d: %s", request.method, request.url.path, exc.status_code,
                     exc.message)
     metrics: ServingMetrics | None = getattr(request.app.state, "serving_metrics", None)

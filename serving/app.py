@@ -11,14 +11,14 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
 
 from fastapi import FastAPI
 from pydantic import BaseModel, Field
 
 from serving import api
 from serving.embeddings import Embedder
-from serving.engines import EngineKind, EngineOptions, create_engine
+from serving.engines import EngineKind, EngineOptions, create_engine, self_check
+from serving.errors import ServingError
 from serving.handlers import OpenAIServing
 from serving.metrics import ServingMetrics
 from serving.registry import ModelRegistry
@@ -48,11 +48,14 @@ def serving_state(app: FastAPI, registry: ModelRegistry) -> None:
 
 
 async def load_models(registry: ModelRegistry, options: ServerOptions,
-                      stack: contextlib.AsyncExitStack) -> None:
-    """Load the engine and the embedder into ``registry``; failures mark it failed."""
+                      stack: contextlib.AsyncExitStack) -> str | None:
+    """Load the engine (and run its one-token self-check) and the embedder into
+    ``registry``. A failure marks it failed and is returned as one line (the CLI exits
+    with it; see :func:`background_lifespan`)."""
     try:
         engine = await create_engine(options.engine, options.engines)
         stack.push_async_callback(engine.aclose)
+        await self_check(engine)
         registry.add_engine(engine)
         if options.embedding_model:
             embedder = await Embedder.load(options.embedding_model,
@@ -60,22 +63,43 @@ async def load_models(registry: ModelRegistry, options: ServerOptions,
             registry.add_embedder(embedder)
         registry.state = "ready"
         log.info("models ready: %s", ", ".join(registry.names()))
+        return None
     except asyncio.CancelledError:
         raise
     except Exception as exc:
         registry.state = "failed"
-        registry.failure = f"{type(exc).__name__}: {exc}"
-        log.exception("model loading failed")
+        registry.failure = _one_line(exc)
+        log.error("model loading failed: %s", registry.failure)
+        log.debug("model loading failed", exc_info=True)
+        return registry.failure
 
 
-def background_lifespan(load: Callable[[contextlib.AsyncExitStack], Awaitable[Any]]
+def _one_line(exc: Exception) -> str:
+    message = exc.message if isinstance(exc, ServingError) else f"{type(exc).__name__}: {exc}"
+    return " ".join(str(message).split()) or type(exc).__name__
+
+
+def background_lifespan(load: Callable[[contextlib.AsyncExitStack], Awaitable[str | None]]
                         ) -> Callable[[FastAPI], contextlib.AbstractAsyncContextManager[None]]:
-    """A lifespan that runs ``load`` in the background and unwinds its stack on exit."""
+    """A lifespan that runs ``load`` in the background and unwinds its stack on exit.
+
+    When ``load`` returns a failure and the app has an ``on_fatal`` callback in its
+    state (the CLI sets one), that callback gets the one-line reason: the server stops
+    and the command exits non-zero instead of serving 503s forever.
+    """
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
             task = asyncio.create_task(load(stack))
             app.state.loading_task = task
+
+            def done(t: asyncio.Task[str | None]) -> None:
+                on_fatal = getattr(app.state, "on_fatal", None)
+                if on_fatal is not None and not t.cancelled() and t.exception() is None \
+                        and t.result():
+                    on_fatal(t.result())
+
+            task.add_done_callback(done)
             try:
                 yield
             finally:

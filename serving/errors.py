@@ -14,6 +14,10 @@ engines must not know about HTTP. Engines raise these exceptions; the API maps t
     ├── EngineError                   500 internal_error
     ├── UpstreamError                 upstream status, mapped
     └── EngineNotReadyError           503 service_unavailable
+        └── EngineCrashedError        503 model_crashed (the engine process died)
+
+Errors cross the engine-process boundary as dicts (:func:`error_to_wire`,
+:func:`error_from_wire`): the same class, message, param and status come out.
 """
 
 from __future__ import annotations
@@ -31,7 +35,10 @@ __all__ = [
     "EngineError",
     "EngineNotReadyError",
     "UpstreamError",
+    "EngineCrashedError",
     "error_body",
+    "error_from_wire",
+    "error_to_wire",
 ]
 
 
@@ -111,6 +118,17 @@ class EngineNotReadyError(ServingError):
     error_type = "service_unavailable"
 
 
+class EngineCrashedError(EngineNotReadyError):
+    """The model engine's process died (segfault, OOM kill) while this request ran.
+
+    A 503 with Retry-After: the engine is restarted, so the same request may succeed
+    in a few seconds.
+    """
+
+    error_type = "model_crashed"
+    retry_after = 5
+
+
 class UpstreamError(ServingError):
     """An upstream OpenAI-compatible server refused or failed a request.
 
@@ -136,3 +154,37 @@ class UpstreamError(ServingError):
 def error_body(message: str, error_type: str, code: int, param: str | None = None
                ) -> dict[str, Any]:
     return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+
+
+def error_to_wire(exc: ServingError) -> dict[str, Any]:
+    """The parts of an error that cross a process boundary (no traceback, no cause)."""
+    extra = {k: getattr(exc, k) for k in _WIRE_EXTRA if hasattr(exc, k)}
+    return {"class": type(exc).__name__, "message": exc.message, "param": exc.param,
+            "status": exc.status_code, "type": exc.error_type,
+            "retry_after": exc.retry_after, "extra": extra}
+
+
+def error_from_wire(data: dict[str, Any]) -> ServingError:
+    """Rebuild an error sent by :func:`error_to_wire`, as the same class when known
+    (so ``except ContextLengthError`` still works across the boundary)."""
+    cls = _WIRE_CLASSES.get(str(data.get("class")), ServingError)
+    exc = cls.__new__(cls)
+    ServingError.__init__(exc, str(data.get("message", "")), param=data.get("param"))
+    exc.status_code = int(data.get("status", cls.status_code))
+    exc.error_type = str(data.get("type", cls.error_type))
+    exc.retry_after = data.get("retry_after")
+    for key, value in (data.get("extra") or {}).items():
+        if key in _WIRE_EXTRA:
+            setattr(exc, key, value)
+    return exc
+
+
+_WIRE_EXTRA = ("prompt_tokens", "context_length")
+
+
+_WIRE_CLASSES: dict[str, type[ServingError]] = {
+    cls.__name__: cls for cls in (
+        ServingError, BadRequestError, ContextLengthError, AuthenticationError,
+        ModelNotFoundError, PayloadTooLargeError, OverloadedError, EngineError,
+        EngineNotReadyError, EngineCrashedError, UpstreamError)
+}

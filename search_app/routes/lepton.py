@@ -18,6 +18,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel
 
+from search_app.answer_errors import ANSWER_ERROR_STATUS
 from search_app.deps import PipelineDep, StoreDep
 from search_app.events import (
     AnswerEvent,
@@ -39,7 +40,6 @@ router = APIRouter(tags=["lepton"])
 LLM_MARKER = "\n\n__LLM_RESPONSE__\n\n"
 RELATED_MARKER = "\n\n__RELATED_QUESTIONS__\n\n"
 MAX_QUERY_CHARS = 2000  # as /api/search
-_ERROR_STATUS = {"model_unavailable": 503, "search_failed": 502}
 
 
 class LeptonQuery(BaseModel):
@@ -76,7 +76,7 @@ async def query(body: LeptonQuery, pipeline: PipelineDep, store: StoreDep) -> Re
         await stream.aclose()
         code = first.code if first else "internal_error"
         message = first.message if first else "The pipeline ended without an answer."
-        status = _ERROR_STATUS.get(code, 500)
+        status = ANSWER_ERROR_STATUS.get(code, 500)
         return JSONResponse(error_body(message, code, status), status_code=status)
 
     async def text() -> AsyncIterator[str]:

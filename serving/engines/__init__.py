@@ -18,8 +18,15 @@ from serving.engines.base import (
     GenerationRequest,
     ModelInfo,
     SamplingOptions,
+    self_check,
 )
-from serving.engines.options import EngineOptions, LlamaCppOptions, UpstreamOptions, VLLMOptions
+from serving.engines.options import (
+    EngineOptions,
+    LlamaCppOptions,
+    ProcessOptions,
+    UpstreamOptions,
+    VLLMOptions,
+)
 
 __all__ = [
     "ChatMessage",
@@ -32,11 +39,13 @@ __all__ = [
     "GenerationRequest",
     "LlamaCppOptions",
     "ModelInfo",
+    "ProcessOptions",
     "SamplingOptions",
     "UpstreamOptions",
     "VLLMOptions",
     "create_engine",
     "resolve_engine_kind",
+    "self_check",
 ]
 
 EngineKind = Literal["auto", "vllm", "llamacpp", "openai"]
@@ -69,6 +78,10 @@ async def create_engine(kind: EngineKind, options: EngineOptions) -> Engine:
             raise ValueError("The vllm engine needs a model: --model HF_ID_OR_FOLDER.")
         return await VLLMEngine.create(options.vllm)
     if resolved == "llamacpp":
+        if options.process is not None:  # the default: a crash does not end the app
+            from serving.engines.process import ProcessEngine
+
+            return await ProcessEngine.create(options.llamacpp, options.process)
         from serving.engines.llamacpp import LlamaCppEngine
 
         return await LlamaCppEngine.create(options.llamacpp)

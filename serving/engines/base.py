@@ -14,7 +14,13 @@ replaying engine. An engine:
 - ``abort(request_id)``: stop a request from outside its iterator;
 - ``count_tokens(text)``: the model's own tokenizer, for context packing;
 - ``load``: running and waiting requests, for metrics and back-pressure;
+- ``check_health()``: raise :class:`~serving.errors.EngineNotReadyError` with the reason
+  when the engine cannot serve now (a crashed engine process that is restarting, a dead
+  vLLM core); ``/health`` answers 503 with that reason;
 - ``aclose()``: free the model. Engines are async context managers.
+
+One rule is shared rather than implemented: :meth:`Engine.completion_budget`, the
+context-length check every engine that counts its prompt applies before generating.
 
 Chat requests carry ``messages``; the engine renders them with the model's own chat
 template (or, upstream, sends them as they are).
@@ -23,10 +29,13 @@ template (or, upstream, sends them as they are).
 from __future__ import annotations
 
 import abc
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Literal, Self
+
+from serving.errors import BadRequestError, ContextLengthError
 
 __all__ = [
     "ChatMessage",
@@ -37,6 +46,8 @@ __all__ = [
     "GenerationRequest",
     "ModelInfo",
     "SamplingOptions",
+    "self_check",
+    "validate_sampling",
 ]
 
 FinishReason = Literal["stop", "length"]
@@ -122,9 +133,59 @@ class Engine(abc.ABC):
     async def aclose(self) -> None:
         """Release the model; safe to call twice."""
 
+    def check_health(self) -> None:  # noqa: B027 - healthy unless an engine says otherwise
+        """Raise EngineNotReadyError (with the reason) when the engine cannot serve."""
+
+    def completion_budget(self, prompt_tokens: int, sampling: SamplingOptions,
+                          param: str = "messages") -> int:
+        """Tokens the completion may use: ``max_tokens``, or the rest of the context.
+
+        Raises :class:`BadRequestError` for ``max_tokens < 1`` and
+        :class:`ContextLengthError` when the prompt (plus ``max_tokens``) does not fit,
+        so every engine refuses the same requests with the same message.
+        """
+        context, requested = self.info.context_length, sampling.max_tokens
+        if requested is not None and requested < 1:
+            raise BadRequestError(f"max_tokens must be at least 1, got {requested}.",
+                                  param="max_tokens")
+        if prompt_tokens >= context or (
+                requested is not None and prompt_tokens + requested > context):
+            raise ContextLengthError(prompt_tokens=prompt_tokens, max_tokens=requested,
+                                     context_length=context, param=param)
+        return requested if requested is not None else context - prompt_tokens
+
     async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None,
                         exc: BaseException | None, tb: TracebackType | None) -> None:
         await self.aclose()
+
+
+def validate_sampling(s: SamplingOptions) -> None:
+    """Refuse sampling values an engine would misbehave on, naming the field to change
+    (for engines without their own validation; vLLM's SamplingParams has its own)."""
+    if s.temperature < 0:
+        raise BadRequestError("temperature must be >= 0.", param="temperature")
+    if not 0.0 < s.top_p <= 1.0:
+        raise BadRequestError("top_p must be in (0, 1].", param="top_p")
+    if s.top_k is not None and s.top_k < 0:
+        raise BadRequestError("top_k must be >= 0.", param="top_k")
+    if s.min_p is not None and not 0.0 <= s.min_p <= 1.0:
+        raise BadRequestError("min_p must be in [0, 1].", param="min_p")
+    if s.repetition_penalty is not None and s.repetition_penalty <= 0:
+        raise BadRequestError("repetition_penalty must be > 0.", param="repetition_penalty")
+
+
+async def self_check(engine: Engine, timeout_s: float = 300.0) -> None:
+    """Generate one token, so that an engine that loads but cannot run (a crashing CPU
+    kernel, a broken model) fails at start-up with a reason, not on the first user."""
+    request = GenerationRequest(
+        request_id="self-check", prompt="Hello",
+        sampling=SamplingOptions(max_tokens=1, temperature=0.0))
+    got = None
+    async with asyncio.timeout(timeout_s):
+        async for chunk in engine.generate(request):
+            got = chunk
+    if got is None or got.completion_tokens < 1:
+        raise RuntimeError("the model generated no token in its start-up self-check")

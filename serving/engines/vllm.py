@@ -41,7 +41,6 @@ from serving.engines.base import (
 from serving.engines.options import VLLMOptions
 from serving.errors import (
     BadRequestError,
-    ContextLengthError,
     EngineError,
     EngineNotReadyError,
     OverloadedError,
@@ -260,6 +259,15 @@ class VLLMEngine(Engine):
         running = sum(1 for f in self._flights if f.started)
         return EngineLoad(running=running, waiting=len(self._flights) - running)
 
+    def check_health(self) -> None:
+        """503 with the reason once the engine is closed or its core process has died
+        (vLLM does not restart it: the server's supervisor must)."""
+        if self._closed:
+            raise EngineNotReadyError("The vLLM engine is closed.")
+        if self._llm.errored:
+            raise EngineNotReadyError(
+                "The vLLM engine core has died; restart the server (see its log).")
+
     async def count_tokens(self, text: str) -> int:
         """Tokens in ``text`` by the model's tokenizer, without BOS/EOS."""
         if not text:
@@ -326,19 +334,6 @@ class VLLMEngine(Engine):
         out["content"] = _message_text(message.get("content"))
         return out
 
-    def _max_tokens(self, prompt_tokens: int, sampling: SamplingOptions, param: str) -> int:
-        """Completion budget; raises :class:`ContextLengthError` when it cannot fit."""
-        context = self.info.context_length
-        requested = sampling.max_tokens
-        if requested is not None and requested < 1:
-            raise BadRequestError(f"max_tokens must be at least 1, got {requested}.",
-                                  param="max_tokens")
-        if prompt_tokens >= context or (
-                requested is not None and prompt_tokens + requested > context):
-            raise ContextLengthError(prompt_tokens=prompt_tokens, max_tokens=requested,
-                                     context_length=context, param=param)
-        return requested if requested is not None else context - prompt_tokens
-
     @staticmethod
     def _sampling_params(sampling: SamplingOptions, max_tokens: int) -> SamplingParams:
         """SamplingOptions to vLLM's SamplingParams, streaming deltas.
@@ -395,17 +390,13 @@ class VLLMEngine(Engine):
         wrapper also aborts by id. When vLLM did abort, that second call finds nothing
         and sends nothing to the engine core: the core sees one abort either way.
         """
-        if self._closed:
-            raise EngineNotReadyError("The vLLM engine is closed.")
-        if self._llm.errored:
-            raise EngineNotReadyError(
-                "The vLLM engine core has died; restart the server (see its log).")
+        self.check_health()
         flight = _Flight(request.request_id)
         self._flights.add(flight)
         stream: Any = None
         try:
             ids, text, param = self._render(request)
-            max_tokens = self._max_tokens(len(ids), request.sampling, param)
+            max_tokens = self.completion_budget(len(ids), request.sampling, param)
             params = self._sampling_params(request.sampling, max_tokens)
             if flight.aborted:
                 return

@@ -1,5 +1,8 @@
 """Tests of the in-process llama.cpp engine with the real SmolLM2-135M-Instruct GGUF.
 
+What every engine shares is in tests/serving/test_engine_contract.py (which also runs
+this engine in its child process); here: batching, seeds, grammars, slots, prefix reuse.
+
 One engine serves most of the module (it loads in ~0.2 s, but sharing it also checks that
 it keeps serving after cancellations and failures). Small engines check the bounded
 queue and prompt-lookup decoding. Shutdown (in-flight request stopped, idempotent
@@ -143,14 +146,6 @@ async def test_chat_streams_text_and_finishes(engine: LlamaCppEngine) -> None:
     assert counts == sorted(counts) and counts[-1] <= 48
     text = _text(chunks)
     assert text.strip() and "<|im_end|>" not in text and "\ufffd" not in text
-
-
-async def test_raw_prompt_and_max_tokens_give_length(engine: LlamaCppEngine) -> None:
-    chunks = await _collect(engine, _request(prompt="The sky is", max_tokens=7,
-                                             ignore_eos=True, temperature=0.7, seed=1))
-    assert chunks[-1].finish_reason == "length"
-    assert chunks[-1].completion_tokens == 7
-    assert chunks[-1].prompt_tokens == await engine.count_tokens("The sky is")
 
 
 async def test_stop_string_is_cut_and_never_streamed(engine: LlamaCppEngine) -> None:

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,9 +12,8 @@ import httpx
 import openai
 import pytest
 
-from bench.procs import free_port, serve_process
 from tests.conftest import API_KEY, needs_llama_cpp
-from tests.support.server import ROOT, ServerProcess, run_server
+from tests.support.server import ServerProcess, run_server
 
 pytestmark = [pytest.mark.llamacpp, needs_llama_cpp]
 MODEL = "SmolLM2-135M-Instruct.Q4_1"
@@ -89,26 +87,3 @@ def test_disconnect_reaches_upstream(proxy: ServerProcess, llama_server: ServerP
     while upstream_running() != 0:
         assert time.monotonic() < deadline, "upstream kept generating after the client left"
         time.sleep(0.1)
-
-
-@pytest.mark.parametrize("case", ["wrong_key", "unreachable"])
-def test_bad_upstream_is_503_with_reason(llama_server: ServerProcess, artifacts_dir: Path,
-                                         case: str) -> None:
-    url = f"{llama_server.url}/v1" if case == "wrong_key" else \
-        f"http://127.0.0.1:{free_port()}/v1"
-    port = free_port()
-    cmd = [sys.executable, "-m", "search_app.cli", "serve-model", "--engine", "openai",
-           "--upstream-url", url, "--upstream-api-key", "sk-secret-9f3a",
-           "--embedding-model", "", "--port", str(port)]
-    with serve_process(cmd, port=port, log_path=artifacts_dir / f"upstream_{case}.log",
-                       ready_path="/metrics", cwd=ROOT) as server:
-        deadline = time.monotonic() + 30
-        while True:
-            r = httpx.get(f"{server.url}/health")
-            if "failed" in r.json()["error"]["message"] or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
-        assert r.status_code == 503
-        message = r.json()["error"]["message"]
-        assert ("API key" in message) if case == "wrong_key" else ("unreachable" in message)
-        assert "sk-secret-9f3a" not in server.log()  # the key is never logged

@@ -10,8 +10,15 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-from serving.engines.base import Engine, EngineLoad, GenerationChunk, GenerationRequest, ModelInfo
-from serving.errors import ContextLengthError, EngineError
+from serving.engines.base import (
+    Engine,
+    EngineLoad,
+    GenerationChunk,
+    GenerationRequest,
+    ModelInfo,
+    validate_sampling,
+)
+from serving.errors import EngineError
 
 
 class ReplayEngine(Engine):
@@ -23,7 +30,8 @@ class ReplayEngine(Engine):
         self.delay_s = delay_s
         self.fail_after = fail_after
         self.running = 0
-        self.aborted: list[str] = []
+        self.aborted: list[str] = []      # requests that ended early, for any reason
+        self._abort_requested: set[str] = set()
         self.requests: list[GenerationRequest] = []
 
     @property
@@ -38,11 +46,9 @@ class ReplayEngine(Engine):
         text = request.prompt if request.prompt is not None else " ".join(
             str(m["content"]) for m in request.messages or [])
         prompt_tokens = await self.count_tokens(text)
-        limit = request.sampling.max_tokens
-        if prompt_tokens >= self.info.context_length or (
-                limit is not None and prompt_tokens + limit > self.info.context_length):
-            raise ContextLengthError(prompt_tokens=prompt_tokens, max_tokens=limit,
-                                     context_length=self.info.context_length)
+        param = "prompt" if request.prompt is not None else "messages"
+        validate_sampling(request.sampling)
+        limit = self.completion_budget(prompt_tokens, request.sampling, param)
         self.running += 1
         finished = False
         try:
@@ -52,6 +58,8 @@ class ReplayEngine(Engine):
                     raise EngineError("replay engine failure")
                 if self.delay_s:
                     await asyncio.sleep(self.delay_s)
+                if request.request_id in self._abort_requested:
+                    return  # aborted from outside: the stream ends without a reason
                 candidate = out + token
                 for stop in request.sampling.stop:
                     if stop in candidate:
@@ -60,7 +68,7 @@ class ReplayEngine(Engine):
                         yield GenerationChunk(piece, prompt_tokens, i + 1, "stop")
                         return
                 out = candidate
-                done_len = limit is not None and i + 1 >= limit
+                done_len = i + 1 >= limit
                 last = i + 1 == len(self.tokens)
                 reason = "length" if done_len else ("stop" if last else None)
                 finished = reason is not None
@@ -73,7 +81,8 @@ class ReplayEngine(Engine):
                 self.aborted.append(request.request_id)
 
     async def abort(self, request_id: str) -> None:
-        self.aborted.append(request_id)
+        if any(r.request_id == request_id for r in self.requests):
+            self._abort_requested.add(request_id)
 
     async def aclose(self) -> None:
         return None

@@ -21,6 +21,7 @@
     model_unavailable: 'The model is unavailable (still loading, or it failed to load).',
     model_timeout: 'The model did not start answering in time.',
     model_error: 'The model failed while answering.',
+    model_crashed: 'The model crashed while answering; it is restarting. Try again in a few seconds.',
     rate_limited: 'Too many questions in a short time.',
     dropped: 'The connection to the app was lost.',
     not_found: 'Not found.',
