@@ -144,14 +144,18 @@ def serve_pages(pages: LoopbackPages) -> Iterator[LoopbackPages]:
 
 # --------------------------------------------------------------------------- client
 async def ask(client: httpx.AsyncClient, url: str, question: str,
-              provider: str, related: bool = True) -> dict[str, Any]:
+              provider: str, related: bool = True, grounding: str = "strict"
+              ) -> dict[str, Any]:
     """One answer over SSE; client-side event times in ms from just before the request."""
-    out: dict[str, Any] = {"question": question, "provider": provider}
+    from search_app.prompts import ABSTAIN_TEXT
+
+    out: dict[str, Any] = {"question": question, "provider": provider,
+                           "grounding": grounding}
     event = ""
     t0 = time.perf_counter()
     async with client.stream("POST", f"{url}/api/search",
                              json={"query": question, "provider": provider,
-                                   "related": related},
+                                   "related": related, "grounding": grounding},
                              headers={"X-Client-Id": "answer-bench"}) as resp:
         if resp.status_code != 200:
             out["error"] = f"HTTP {resp.status_code}: {(await resp.aread())[:200]!r}"
@@ -171,6 +175,9 @@ async def ask(client: httpx.AsyncClient, url: str, question: str,
                 elif event == "delta":
                     out.setdefault("first_delta_ms", now)
                     out.setdefault("first_delta_text", data["text"])
+                    if grounding == "strict" and not data["text"].startswith(
+                            ABSTAIN_TEXT[:40]):  # strict: every delta is a checked sentence
+                        out.setdefault("first_supported_ms", now)
                 elif event == "timings":
                     out["timings"] = data
                 elif event in ("done", "error"):
@@ -211,16 +218,16 @@ async def gather_limited(n: int, jobs: list[Any]) -> list[Any]:
 
 
 async def run_scenario(url: str, questions: list[str], provider: str, concurrency: int,
-                       model: str, engine_check: bool, related: bool = True
-                       ) -> dict[str, Any]:
+                       model: str, engine_check: bool, related: bool = True,
+                       grounding: str = "strict") -> dict[str, Any]:
     timeout = httpx.Timeout(300.0, connect=10.0)
     limits = httpx.Limits(max_connections=concurrency + 2)
     async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
         load0 = os.getloadavg()
         start = time.perf_counter()
         answers = await gather_limited(concurrency,
-                                       [ask(client, url, q, provider, related)
-                                        for q in questions])
+                                       [ask(client, url, q, provider, related,
+                                            grounding) for q in questions])
         wall = time.perf_counter() - start
         if engine_check:
             ttfts = await gather_limited(concurrency, [engine_ttft(client, url, model, a)
@@ -229,6 +236,7 @@ async def run_scenario(url: str, questions: list[str], provider: str, concurrenc
                 a["engine_http_ttft_ms"] = t
         load1 = os.getloadavg()
     return {"provider": provider, "concurrency": concurrency, "related": related,
+            "grounding": grounding,
             "wall_s": round(wall, 2),
             "loadavg_start": load0, "loadavg_end": load1, "answers": answers,
             "summary": summarise(answers)}
@@ -243,7 +251,7 @@ def summarise(answers: list[dict[str, Any]]) -> dict[str, Any]:
     series: dict[str, list[float]] = {k: [] for k in (
         "sources_ms", "first_delta_ms", "engine_first_token_ms", "search_ms", "read_ms",
         "rank_ms", "ttft_ms", "total_ms", "overhead_ms", "first_sentence_wait_ms",
-        "engine_http_ttft_ms", "overhead_vs_http_ttft_ms")}
+        "engine_http_ttft_ms", "overhead_vs_http_ttft_ms", "first_supported_ms")}
     for a in ok:
         t = a.get("timings") or {}
         series["sources_ms"].append(a["sources_ms"])
@@ -257,6 +265,8 @@ def summarise(answers: list[dict[str, Any]]) -> dict[str, Any]:
             series["overhead_ms"].append(a["first_delta_ms"] - t["ttft_ms"])
             series["first_sentence_wait_ms"].append(
                 a["first_delta_ms"] - a["sources_ms"] - t["ttft_ms"])
+        if a.get("first_supported_ms") is not None:
+            series["first_supported_ms"].append(a["first_supported_ms"])
         if a.get("engine_http_ttft_ms") is not None:
             series["engine_http_ttft_ms"].append(a["engine_http_ttft_ms"])
             series["overhead_vs_http_ttft_ms"].append(
@@ -264,7 +274,13 @@ def summarise(answers: list[dict[str, Any]]) -> dict[str, Any]:
     summary: dict[str, Any] = {"answers": len(answers), "ok": len(ok),
                                "errors": [a.get("error")
                                           for a in answers if a not in ok],
-                               "abstained": sum(not a.get("relevant", True) for a in ok)}
+                               "abstained": sum(not a.get("relevant", True) for a in ok),
+                               "withheld_sentences": sum(a["done"].get("withheld", 0)
+                                                         for a in ok),
+                               "all_withheld": sum(a.get("relevant", True)
+                                                   and "first_supported_ms" not in a
+                                                   and a.get("grounding") == "strict"
+                                                   for a in ok)}
     for k, v in series.items():
         summary[k] = {"p50": _p(v, 50), "p95": _p(v, 95), "n": len(v)}
     return summary
@@ -295,14 +311,15 @@ def to_markdown(result: dict[str, Any]) -> str:
              "Client-side ms from the request. overhead = first delta - timings.ttft_ms "
              "(engine TTFT for the same prompt, measured in the pipeline). "
              "first-token overhead = sources (generation starts right after it).", "",
-             "| scenario | conc. | ok | sources p50 | p95 | first delta p50 | p95 | "
-             "engine TTFT p50 | p95 | overhead p50 | p95 | first-sentence wait p50 | "
+             "| scenario | grounding | conc. | ok | sources p50 | p95 | first delta p50 | "
+             "p95 | engine TTFT p50 | p95 | overhead p50 | p95 | first-sentence wait p50 | "
              "HTTP engine TTFT p50 | total p50 | load start→end |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["runs"]:
         s = r["summary"]
         lines.append(
-            f"| {r['provider']} | {r['concurrency']} | {s['ok']}/{s['answers']} | "
+            f"| {r['provider']} | {r.get('grounding', 'mark')} | {r['concurrency']} | "
+            f"{s['ok']}/{s['answers']} | "
             f"{s['sources_ms']['p50']} | {s['sources_ms']['p95']} | "
             f"{s['first_delta_ms']['p50']} | {s['first_delta_ms']['p95']} | "
             f"{s['ttft_ms']['p50']} | {s['ttft_ms']['p95']} | {s['overhead_ms']['p50']} | "
@@ -317,6 +334,17 @@ def to_markdown(result: dict[str, Any]) -> str:
         cells = " | ".join(f"{s[k]['p50']} / {s[k]['p95']}" for k in
                            ("search_ms", "read_ms", "rank_ms", "ttft_ms", "total_ms"))
         lines.append(f"| {r['provider']} | {r['concurrency']} | {cells} |")
+    lines += ["", "Strict grounding (a sentence goes out only once checked): the first "
+              "supported sentence, client-side ms from the request, and what was withheld:",
+              "", "| scenario | conc. | first supported sentence p50 | p95 | n | "
+              "withheld sentences | answers with every sentence withheld |",
+              "|---|---|---|---|---|---|---|"]
+    for r in result["runs"]:
+        if r.get("grounding") == "strict":
+            s = r["summary"]
+            f = s["first_supported_ms"]
+            lines.append(f"| {r['provider']} | {r['concurrency']} | {f['p50']} | {f['p95']} "
+                         f"| {f['n']} | {s['withheld_sentences']} | {s['all_withheld']} |")
     lines += ["", "Goals (p50): sources <= 300 ms, overhead <= 400 ms.", ""]
     for r in result["runs"]:
         s = r["summary"]
@@ -340,6 +368,10 @@ def main() -> None:
     parser.add_argument("--no-related", action="store_true",
                         help="ask without related questions (they share the engine with "
                              "the answer; this isolates their cost)")
+    parser.add_argument("--grounding", nargs="+", default=["strict"],
+                        choices=["strict", "mark", "off"],
+                        help="grounding policies to run (each a run per scenario and "
+                             "concurrency)")
     parser.add_argument("--out", default="answer", help="results file stem")
     args = parser.parse_args()
     questions = QUESTIONS[: args.questions]
@@ -372,10 +404,11 @@ def main() -> None:
                     for a in got["answers"]:
                         pages.pages[a["question"]] = [(t, x) for _, t, x in
                                                       a.get("sources", [])]
-                for c in args.concurrency:
+                for c, grounding in ((c, g) for c in args.concurrency
+                                     for g in args.grounding):
                     run = asyncio.run(run_scenario(server.url, questions, provider, c, model,
                                                    not args.no_engine_check,
-                                                   not args.no_related))
+                                                   not args.no_related, grounding))
                     run["scenario"] = scenario
                     if provider == "local":
                         for a in run["answers"]:
@@ -383,7 +416,7 @@ def main() -> None:
                                                           a.get("sources", [])]
                     runs.append(run)
                     print(json.dumps({k: run[k] for k in ("provider", "concurrency",
-                                                          "wall_s")}
+                                                          "grounding", "wall_s")}
                                      | {"sources_p50": run["summary"]["sources_ms"]["p50"],
                                         "overhead_p50": run["summary"]["overhead_ms"]["p50"],
                                         "ok": run["summary"]["ok"]}), flush=True)
@@ -391,7 +424,7 @@ def main() -> None:
               "loadavg_end": [round(x, 2) for x in os.getloadavg()],
               "settings": {"questions": len(questions), "concurrency": args.concurrency,
                            "scenarios": args.scenarios,
-                           "related": not args.no_related,
+                           "related": not args.no_related, "grounding": args.grounding,
                            "engine_check": not args.no_engine_check},
               "goals": GOALS, "runs": runs}
     write_results(args.out, result, to_markdown(result))

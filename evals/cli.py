@@ -101,7 +101,8 @@ def corpus_command(packages: str, strip_questions: bool, pages: str | None, serv
 @click.option("--provider", help="Search provider per question (default: the app's).")
 @click.option("--sources", type=click.IntRange(1, 20), help="Search results per question.")
 @click.option("--related/--no-related", default=False, show_default=True,
-              help="Also generate related questions (slower; not scored).")
+              help="Also generate related questions (slower; scored as related_ge2: the "
+                   "share of answers with at least two).")
 @click.option("--index-recall/--no-index-recall", default=None,
               help="Also score the local index's own top 10 (GET /searxng/search): "
               "retrieval without the relevance gate. Default: on when the harness starts "
@@ -152,7 +153,7 @@ def run_command(dataset: str, limit: int | None, concurrency: int, base_url: str
     if base_url is not None:
         _reachable(f"{base_url.rstrip('/')}/health", "the app")
         base_url = base_url.rstrip("/")
-    judge_client, scorer = _scorer(support, judge_url, judge_model, judge_api_key)
+    judge_client, scorer = _scorer(support, judge_url, judge_model, judge_api_key, related)
     if judge_client is not None:
         try:
             judge_client.check()
@@ -209,7 +210,7 @@ def _reachable(url: str, what: str) -> None:
 
 
 def _scorer(support: str, judge_url: str | None, judge_model: str | None,
-            judge_api_key: str | None) -> tuple[Any, Any]:
+            judge_api_key: str | None, related: bool = False) -> tuple[Any, Any]:
     from evals.judges import EmbeddingSupport, JudgeClient, JudgeSupport
     from evals.runner import Scorer
 
@@ -220,7 +221,7 @@ def _scorer(support: str, judge_url: str | None, judge_model: str | None,
         check = EmbeddingSupport()
     elif support == "judge" and client is not None:
         check = JudgeSupport(client)
-    return client, Scorer(check, client)
+    return client, Scorer(check, client, related=related)
 
 
 def _run(url: str, config: Any, todo: list[Any], results_path: Path, scorer: Any,

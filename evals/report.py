@@ -28,6 +28,7 @@ METRIC_GROUPS: dict[str, list[str]] = {
     "answer": ["exact_match", "f1", "answer_contains", "passage_recall"],
     "citations": ["citation_recall", "citation_precision"],
     "abstention": ["abstention", "false_abstention"],
+    "extras": ["related_ge2", "withheld_sentences"],
 }
 LATENCY_STAGES = ["search_ms", "read_ms", "rank_ms", "ttft_ms", "total_ms", "wall_ms"]
 # The headline bars of the plots and of compare.

@@ -82,6 +82,8 @@ class QuestionResult(BaseModel):
     wall_ms: float | None = None
     error: dict[str, str] | None = None
     grade: str | None = None
+    related: list[str] = Field(default_factory=list)
+    withheld: int = 0  # sentences the strict grounding policy left out
     metrics: dict[str, float | None] = Field(default_factory=dict)
 
 
@@ -117,9 +119,11 @@ def answer_sentences(answer: str) -> list[tuple[str, list[int]]]:
 class Scorer:
     """Computes a result's metrics (blocking: the support check runs a model)."""
 
-    def __init__(self, support: SupportCheck | None, judge: Any | None = None) -> None:
+    def __init__(self, support: SupportCheck | None, judge: Any | None = None, *,
+                 related: bool = False) -> None:
         self.support = support
         self.judge = judge
+        self.related = related
 
     def score(self, q: Question, r: QuestionResult) -> None:
         out: dict[str, float | None] = {}
@@ -145,6 +149,10 @@ class Scorer:
             out["f1"] = m.f1_score(text, q.answers)
             out["answer_contains"] = m.answer_contains(text, q.answers)
             out["passage_recall"] = m.token_recall(text, q.gold_passage)
+        if not failed and not did_abstain:
+            out["withheld_sentences"] = float(r.withheld)
+            if self.related:  # the run asked for them: did at least two appear?
+                out["related_ge2"] = float(len(r.related) >= 2)
         if not failed and not did_abstain and self.support is not None and r.answer.strip():
             passages = {s["number"]: s.get("passage") or s.get("snippet") or ""
                         for s in r.sources}
@@ -204,6 +212,8 @@ async def ask_one(client: Any, q: Question, *, provider: str | None, sources: in
         result.sources = [s.model_dump(exclude_none=True) for s in answer.sources]
         result.timings = answer.timings.model_dump() if answer.timings else {}
         result.usage = answer.usage.model_dump()
+        result.related = answer.related
+        result.withheld = answer.support.withheld if answer.support else 0
     result.wall_ms = round((time.perf_counter() - started) * 1000, 1)
     return result
 

@@ -24,6 +24,7 @@ from search_app.events import (
     RelatedEvent,
     SearchEvent,
     SourcesEvent,
+    SupportEvent,
     TimingsEvent,
 )
 
@@ -53,12 +54,15 @@ def _default_url() -> str:
               help="Generate related questions.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print the finished answer as one JSON object (for scripts).")
+@click.option("--show-withheld", is_flag=True,
+              help="Also print the sentences strict grounding withheld (unsupported).")
 @click.option("--api-key", default=None, help="Bearer key, when the app requires one.")
 @click.option("--timeout", type=click.FloatRange(min=1), default=120.0, show_default=True,
               help="Seconds to wait for the next byte of the answer.")
 def ask_command(question: str, base_url: str | None, thread_id: str | None,
                 provider: str | None, sources: int | None, read_pages: bool | None,
-                related: bool, as_json: bool, api_key: str | None, timeout: float) -> None:
+                related: bool, as_json: bool, show_withheld: bool, api_key: str | None,
+                timeout: float) -> None:
     """Ask QUESTION; the answer streams in with numbered sources."""
     url = base_url or _default_url()
     controls = {"thread_id": thread_id, "provider": provider, "sources": sources,
@@ -71,7 +75,7 @@ def ask_command(question: str, base_url: str | None, thread_id: str | None,
                 answer = client.ask(question, **controls)
                 click.echo(answer.model_dump_json(exclude={"events"}, indent=2))
                 return
-            _stream(client, question, controls, out)
+            _stream(client, question, controls, out, show_withheld)
     except SearchAPIError as exc:
         _fail(f"{exc.message} ({exc.code})")
     except httpx.TransportError as exc:
@@ -98,7 +102,7 @@ def _with_chips(text: str) -> Text:
 
 
 def _stream(client: SearchClient, question: str, controls: dict[str, object],
-            out: Console) -> None:
+            out: Console, show_withheld: bool = False) -> None:
     events = []
     for event in client.stream(question, **controls):  # type: ignore[arg-type]
         events.append(event)
@@ -111,6 +115,14 @@ def _stream(client: SearchClient, question: str, controls: dict[str, object],
                 out.print()
             case DeltaEvent():
                 out.print(_with_chips(event.text), end="")
+            case SupportEvent() if event.withheld:
+                n = event.withheld
+                out.print(f"\n[dim]{n} unsupported sentence{'s' if n != 1 else ''} withheld "
+                          "(not supported by the sources; --show-withheld lists them)[/dim]")
+                if show_withheld:
+                    for s in event.sentences:
+                        if s.withheld:
+                            out.print(f"[dim]  withheld: {escape(s.sentence)}[/dim]")
             case RelatedEvent() if event.questions:
                 out.print("\n\n[bold]Related[/bold]")
                 for q in event.questions:

@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from evals.cli import eval_group
 from search_app.ask_cli import ask_command
 from search_app.config import ENV_PREFIX, Settings
+from search_app.models_cli import models_group
 from search_app.retrieval_cli import index_command, search_command
 
 __all__ = ["main", "cli"]
@@ -53,6 +54,18 @@ def _settings_options(fields: list[str] | None = None) -> Callable[[Callable[...
             func.__click_params__ = [*getattr(func, "__click_params__", []), option]  # type: ignore[attr-defined]
         return func
     return decorate
+
+
+def _server_settings(overrides: dict[str, Any]) -> Settings:
+    """Settings for serve / serve-model: also checks a catalog ``--model NAME`` is pulled."""
+    from search_app.models import ModelPullError
+
+    settings = _load_settings(overrides)
+    try:
+        settings.engine_options()
+    except ModelPullError as exc:
+        raise click.UsageError(str(exc)) from None
+    return settings
 
 
 def _load_settings(overrides: dict[str, Any]) -> Settings:
@@ -113,7 +126,7 @@ _SERVE_MODEL_FIELDS = [name for name in Settings.model_fields if name != "data_d
 @_settings_options()
 def serve(**overrides: Any) -> None:
     """Run the whole app (APIs and the in-process model) on HOST:PORT."""
-    settings = _load_settings(overrides)
+    settings = _server_settings(overrides)
     _configure_logging(settings.log_level)
     from search_app.app import create_app
 
@@ -124,7 +137,7 @@ def serve(**overrides: Any) -> None:
 @_settings_options(_SERVE_MODEL_FIELDS)
 def serve_model(**overrides: Any) -> None:
     """Run only the OpenAI-compatible model server (a drop-in for `vllm serve`)."""
-    settings = _load_settings(overrides)
+    settings = _server_settings(overrides)
     _configure_logging(settings.log_level)
     from serving.app import create_app
 
@@ -135,6 +148,7 @@ cli.add_command(index_command)
 cli.add_command(ask_command)
 cli.add_command(search_command)
 cli.add_command(eval_group)
+cli.add_command(models_group)
 
 
 def main(argv: list[str] | None = None) -> None:

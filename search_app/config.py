@@ -18,6 +18,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from retrieval.providers import ProviderOptions
 from retrieval.reader import ReaderOptions
+from search_app.models import resolve_model
 from search_app.pipeline import PipelineOptions
 from serving.app import ServerOptions
 from serving.engines import (
@@ -61,6 +62,9 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024,
                                 description="Largest request body accepted (413 above).")
     data_dir: Path = Field(Path("data"), description="Where indexes, caches and the store live.")
+    models_dir: Path | None = Field(
+        None, description="Where `search-app models pull` puts models and --model NAME "
+                          "finds them; default: <data_dir>/models.")
 
     # --- engine ---
     engine: Literal["auto", "vllm", "llamacpp", "openai"] = Field(
@@ -139,6 +143,11 @@ class Settings(BaseSettings):
     relevance_threshold: float = Field(
         0.52, ge=-1, le=1, description="Best passage's MiniLM cosine below which the answer "
                                        "abstains (see search_app/grounding.py).")
+    grounding: Literal["strict", "mark", "off"] = Field(
+        "strict", description="strict: a sentence reaches the reader only if it passes the "
+                              "support check (rejected ones are withheld, listed in the "
+                              "support event); mark: all are sent, unsupported ones marked; "
+                              "off: no check. Every face (API, /query, OpenAI, UI, ask).")
     support_threshold: float = Field(
         0.55, ge=-1, le=1, description="MiniLM cosine a sentence needs to its sources to "
                                        "count as supported.")
@@ -177,8 +186,11 @@ class Settings(BaseSettings):
         return None if value == "" else value
 
     def engine_options(self) -> EngineOptions:
+        """Engine options; ``model`` may be a catalog name (``search-app models list``):
+        then the pulled GGUF (ModelPullError with the command to run, if it is not)."""
+        model = resolve_model(self.model, self.models_path())
         llamacpp = LlamaCppOptions(
-            model_path=Path(self.model) if self.model else None,
+            model_path=Path(model) if model else None,
             model_name=self.served_model_name,
             context_length=self.context_length or 4096,
             parallel=self.parallel, max_queue=self.max_queue, n_threads=self.threads,
@@ -186,12 +198,12 @@ class Settings(BaseSettings):
             allow_amx=self.llama_amx,
         )
         vllm = VLLMOptions(
-            model=self.model, served_model_name=self.served_model_name, dtype=self.dtype,
+            model=model, served_model_name=self.served_model_name, dtype=self.dtype,
             max_model_len=self.context_length,
             gpu_memory_utilization=self.gpu_memory_utilization,
             tensor_parallel_size=self.tensor_parallel_size, enforce_eager=self.enforce_eager,
             max_num_seqs=self.max_num_seqs, speculative_config=self.speculative_config,
-        ) if self.model else None
+        ) if model else None
         upstream = UpstreamOptions(
             base_url=self.upstream_url, api_key=self.upstream_api_key, model=self.model,
             served_model_name=self.served_model_name, context_length=self.context_length,
@@ -223,6 +235,9 @@ class Settings(BaseSettings):
                              max_pages=self.read_max_pages, allow_hosts=hosts,
                              allow_cidrs=cidrs)
 
+    def models_path(self) -> Path:
+        return self.models_dir or self.data_dir / "models"
+
     def store_file(self) -> Path:
         return self.store_path or self.data_dir / "store.sqlite"
 
@@ -231,7 +246,8 @@ class Settings(BaseSettings):
             sources=self.answer_sources, answer_max_tokens=self.answer_max_tokens,
             rank_timeout_s=self.rank_timeout_s,
             first_token_timeout_s=self.first_token_timeout_s,
-            answer_timeout_s=self.answer_timeout_s, related_timeout_s=self.related_timeout_s)
+            answer_timeout_s=self.answer_timeout_s, related_timeout_s=self.related_timeout_s,
+            grounding=self.grounding)
 
     def server_options(self) -> ServerOptions:
         return ServerOptions(

@@ -35,9 +35,11 @@ __all__ = [
 
 
 class AnswerEvent(BaseModel):
-    """Base: ``name`` is the SSE event name; ``payload()`` the JSON data."""
+    """Base: ``name`` is the SSE event name; ``payload()`` the JSON data; ``stored``
+    whether a stored answer keeps it (``GET /api/search/{id}`` replays those)."""
 
     name: ClassVar[str]
+    stored: ClassVar[bool] = True
 
     def payload(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -61,6 +63,7 @@ class StageEvent(AnswerEvent):
     replay has nothing to wait for)."""
 
     name: ClassVar[str] = "stage"
+    stored: ClassVar[bool] = False
     stage: Literal["read", "rank"] = Field(
         description="read: fetching the result pages; rank: chunking and ranking passages "
                     "(searching is announced by the search event).")
@@ -105,6 +108,8 @@ class SentenceSupport(BaseModel):
     supported: bool
     score: float = Field(description="Best cosine similarity to a checked passage.")
     best_source: int | None
+    withheld: bool = Field(False, description="Strict grounding: the sentence failed the "
+                                              "check and was left out of the answer text.")
 
 
 class SupportEvent(AnswerEvent):
@@ -112,6 +117,10 @@ class SupportEvent(AnswerEvent):
     sentences: list[SentenceSupport]
     threshold: float
     supported_ratio: float | None
+    policy: Literal["strict", "mark", "off"] = Field(
+        "mark", description="strict: unsupported sentences were withheld; mark: sent and "
+                            "marked here; off: not checked (no sentences listed).")
+    withheld: int = Field(0, description="Sentences left out of the answer (strict).")
 
 
 class TimingsEvent(AnswerEvent):
@@ -134,10 +143,15 @@ class DoneEvent(AnswerEvent):
     name: ClassVar[str] = "done"
     finish_reason: Literal["stop", "length", "timeout", "no_relevant_sources"]
     usage: Usage
+    withheld: int = Field(0, description="Unsupported sentences withheld (strict policy).")
+    stopped_unsupported: bool = Field(
+        False, description="Strict policy: generation was stopped after too many "
+                            "unsupported sentences in a row.")
 
 
 class ErrorEvent(AnswerEvent):
     name: ClassVar[str] = "error"
+    stored: ClassVar[bool] = False  # an answer that failed is not stored at all
     code: str
     message: str
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from search_app.events import TimingsEvent
+from search_app.events import AnswerEvent, DoneEvent, ErrorEvent, SupportEvent, TimingsEvent
 from serving.metrics import PREFIX
 
 __all__ = ["AnswerMetrics"]
@@ -27,9 +27,24 @@ class AnswerMetrics:
         self.answers = Counter(
             f"{PREFIX}:answers", "Finished answers by outcome (a finish reason or an error "
                                  "code).", ["outcome"], registry=registry)
+        self.withheld = Counter(
+            f"{PREFIX}:withheld_sentences", "Answer sentences withheld by the strict "
+                                            "grounding policy (support check failed).",
+            registry=registry)
         self.rate_limited = Counter(
             f"{PREFIX}:rate_limited_requests", "Requests refused by the per-client rate "
                                                "limit.", registry=registry)
+
+    def record(self, event: AnswerEvent) -> None:
+        """Count what an answer event says (called for every event of every answer)."""
+        if isinstance(event, TimingsEvent):
+            self.observe(event)
+        elif isinstance(event, SupportEvent):
+            self.withheld.inc(event.withheld)
+        elif isinstance(event, DoneEvent):
+            self.outcome(event.finish_reason)
+        elif isinstance(event, ErrorEvent):
+            self.outcome(event.code)
 
     def observe(self, timings: TimingsEvent) -> None:
         stages = {"search": timings.search_ms, "read": timings.read_ms,

@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Literal
 from urllib.parse import urlsplit
 
 from retrieval.providers import FallbackSearch, ProviderError
@@ -52,15 +52,21 @@ from search_app.events import (
     TimingsEvent,
     Usage,
 )
-from search_app.grounding import CitedStream, Grounder
+from search_app.grounding import CitedStream, Grounder, clean_citations
 from search_app.metrics import AnswerMetrics
+from search_app.related import parse_candidates, pick_related
 from search_app.store import AnswerRecord, Store
 from serving.engines.base import Engine, GenerationChunk, GenerationRequest, SamplingOptions
 from serving.errors import ServingError
 
-__all__ = ["AnswerPipeline", "AnswerRequest", "PipelineOptions", "rewrite_query"]
+__all__ = ["AnswerPipeline", "AnswerRequest", "GroundingPolicy", "PipelineOptions",
+           "rewrite_query"]
 
 log = logging.getLogger(__name__)
+
+
+GroundingPolicy = Literal["strict", "mark", "off"]
+FinishReason = Literal["stop", "length", "timeout"]
 
 
 @dataclass(frozen=True)
@@ -78,9 +84,13 @@ class PipelineOptions:
     first_token_timeout_s: float = 30.0
     answer_timeout_s: float = 90.0
     related_timeout_s: float = 20.0
-    related_max_tokens: int = 200
+    related_max_tokens: int = 240    # five short candidates (RELATED_SCHEMA)
     temperature: float = 0.2          # low: grounded answers, little invention
     repetition_penalty: float = 1.1   # tiny models loop without it
+    # strict: only sentences that pass the support check reach the reader; mark: all are
+    # sent and the support event marks them; off: no check.
+    grounding: GroundingPolicy = "strict"
+    max_unsupported_run: int = 2      # strict: stop generating after this many in a row
 
 
 @dataclass
@@ -94,6 +104,7 @@ class AnswerRequest:
     sources: int | None = None
     read_pages: bool = True
     related: bool = True
+    grounding: GroundingPolicy | None = None  # None: the pipeline's setting
 
 
 class AnswerPipeline:
@@ -113,31 +124,30 @@ class AnswerPipeline:
         self.metrics = metrics
 
     async def run(self, req: AnswerRequest) -> AsyncIterator[AnswerEvent]:
-        """The events of one answer; the last is ``done`` or ``error``. Closing this
-        iterator closes :meth:`answer` at once (engine abort, reads cancelled)."""
+        """The events of one answer; the last is ``done`` or ``error``. The answer is
+        stored (its events whose type is ``stored``) before ``done`` goes out. Closing
+        this iterator closes :meth:`answer` at once (engine abort, reads cancelled)."""
+        recorded: list[AnswerEvent] = []
         async with contextlib.aclosing(self.answer(req)) as events:
             async for event in events:
+                if isinstance(event, DoneEvent) and self.store is not None:
+                    try:
+                        await self.store.asave_answer(_record(req, [*recorded, event]))
+                    except Exception as exc:  # complete, but say why it is not saved
+                        log.exception("storing answer %s failed", req.search_id)
+                        event = ErrorEvent(code="store_failed", message=type(exc).__name__)
+                if event.stored:
+                    recorded.append(event)
                 if self.metrics is not None:
-                    if isinstance(event, TimingsEvent):
-                        self.metrics.observe(event)
-                    elif isinstance(event, DoneEvent):
-                        self.metrics.outcome(event.finish_reason)
-                    elif isinstance(event, ErrorEvent):
-                        self.metrics.outcome(event.code)
+                    self.metrics.record(event)
                 yield event
 
     async def answer(self, req: AnswerRequest) -> AsyncIterator[AnswerEvent]:
         """The whole flow, in order (see the module docstring)."""
         opts, started, fallbacks = self.options, time.perf_counter(), []
-        recorded: list[AnswerEvent] = []
-
-        def emit(event: AnswerEvent) -> AnswerEvent:
-            recorded.append(event)
-            return event
-
         search_query = rewrite_query(req.query, req.history)
-        yield emit(SearchEvent(search_id=req.search_id, thread_id=req.thread_id,
-                               query=req.query, search_query=search_query))
+        yield SearchEvent(search_id=req.search_id, thread_id=req.thread_id,
+                          query=req.query, search_query=search_query)
         # 1. Search: the chain has a timeout per provider and falls back to the next.
         t0 = time.perf_counter()
         chain = self.chains[req.provider or self.default_provider]
@@ -180,13 +190,13 @@ class AnswerPipeline:
             yield ErrorEvent(code=engine_error_code(exc), message=exc.message)
             return
         sources = _sources(origin, docs, opts.snippet_chars, packed)
-        yield emit(SourcesEvent(sources=sources, provider=found.provider, relevant=relevant))
+        yield SourcesEvent(sources=sources, provider=found.provider, relevant=relevant)
         context = prompts.format_context([(p.source_id, p.title, p.text) for p in packed])
 
-        # 6. Stream the answer as it is generated, checking and citing each sentence
-        #    as it ends (only what that check may change is held back);
-        #    related questions are generated alongside, started once the first sentence
-        #    is out so that their prompt does not compete with the answer's first token.
+        # 6. Write the answer: streamed as generated, each sentence support-checked as
+        #    it ends (strict: only supported sentences reach the reader); related
+        #    questions are generated alongside, started once the first sentence is out
+        #    so that their prompt does not compete with the answer's first token.
         related_task: asyncio.Task[list[str]] | None = None
 
         def start_related() -> None:
@@ -194,56 +204,29 @@ class AnswerPipeline:
             if related_task is None and req.related and packed:
                 related_task = asyncio.create_task(
                     self._related(engine, req.query, context))
-        support: list[SentenceSupport] = []
-        answer, ttft_ms, usage, finish = "", None, Usage(), "no_relevant_sources"
+        policy = req.grounding or opts.grounding
+        written = _Written(policy=policy)
         try:
-            if not packed:
-                answer = prompts.ABSTAIN_TEXT
-                yield emit(DeltaEvent(text=answer))
-            else:
+            if packed:
                 request = GenerationRequest(
                     request_id=f"answer-{req.search_id}",
                     messages=prompts.answer_messages(req.query, context, history),
                     sampling=SamplingOptions(max_tokens=answer_tokens,
                                              temperature=opts.temperature,
                                              repetition_penalty=opts.repetition_penalty))
-                cited, t_gen = CitedStream(len(sources)), time.perf_counter()
-                finish = "stop"
-                async with contextlib.aclosing(engine.generate(request)) as stream:
-                    while True:
-                        try:
-                            chunk = await _next(stream, t_gen, ttft_ms, opts)
-                        except TimeoutError:  # past the answer budget: keep what we have
-                            finish = "timeout"
-                            fallbacks.append(f"answer: stopped at {opts.answer_timeout_s:g} s")
-                            break
-                        if chunk is None:
-                            break
-                        ttft_ms = ttft_ms if ttft_ms is not None else _ms(t_gen)
-                        usage = Usage(prompt_tokens=chunk.prompt_tokens,
-                                      completion_tokens=chunk.completion_tokens)
-                        finish = chunk.finish_reason or finish
-                        for sentence in cited.feed(chunk.text):
-                            text, checked = await self.grounder.check(
-                                sentence, packed, req.query, len(sources))
-                            support.append(checked)
-                            if rest := cited.complete(text):
-                                answer += rest
-                                yield emit(DeltaEvent(text=rest))
-                            start_related()
-                        if text := cited.progress():
-                            answer += text
-                            yield emit(DeltaEvent(text=text))
-                last = cited.flush()  # the answer's last sentence, if it did not end
-                if last.strip():
-                    text, checked = await self.grounder.check(last, packed, req.query,
-                                                              len(sources))
-                    support.append(checked)
-                    if rest := cited.complete(text):
-                        answer += rest
-                        yield emit(DeltaEvent(text=rest))
+                async with contextlib.aclosing(self._write(
+                        engine, request, packed, req.query, len(sources), written,
+                        start_related)) as deltas:  # a disconnect closes it: engine abort
+                    async for delta in deltas:
+                        yield delta
+                fallbacks += written.fallbacks
+            if not written.text.strip():  # gated, or nothing the check let through
+                written.text = prompts.ABSTAIN_TEXT
+                yield DeltaEvent(text=written.text)
             start_related()
-            related = await _settle(related_task, opts.related_timeout_s, fallbacks)
+            candidates = await _settle(related_task, opts.related_timeout_s, fallbacks)
+            related = pick_related(candidates, req.query, context,
+                                   [s.title for s in sources]) if req.related else []
         except _FirstTokenTimeout:
             yield ErrorEvent(code="model_timeout", message=f"The model sent nothing within "
                              f"{opts.first_token_timeout_s:g} s; try again later.")
@@ -254,28 +237,86 @@ class AnswerPipeline:
         finally:
             _discard(related_task)
 
-        # 7. The extras, the timings, then store before the final event.
-        yield emit(RelatedEvent(questions=related))
+        # 7. The extras, the timings, then done (run() stores the answer before it).
+        yield RelatedEvent(questions=related)
+        support = written.support
         ratio = (sum(s.supported for s in support) / len(support)) if support else None
-        yield emit(SupportEvent(sentences=support, threshold=self.grounder.support_threshold,
-                                supported_ratio=ratio))
-        yield emit(TimingsEvent(search_ms=search_ms, read_ms=read_ms, rank_ms=rank_ms,
-                                ttft_ms=ttft_ms, total_ms=_ms(started), fallbacks=fallbacks))
-        done = emit(DoneEvent(finish_reason=finish, usage=usage))  # type: ignore[arg-type]
-        if self.store is not None:
-            try:
-                await self.store.asave_answer(AnswerRecord(
-                    id=req.search_id, thread_id=req.thread_id, client_id=req.client_id,
-                    query=req.query, search_query=search_query, answer=answer,
-                    events=[e.record() for e in recorded], created=time.time()))
-            except Exception as exc:  # the answer is complete; say why it is not saved
-                log.exception("storing answer %s failed", req.search_id)
-                yield ErrorEvent(code="store_failed", message=f"{type(exc).__name__}")
-                return
-        yield done
+        yield SupportEvent(sentences=support, threshold=self.grounder.support_threshold,
+                           supported_ratio=ratio, policy=policy,
+                           withheld=sum(s.withheld for s in support))
+        yield TimingsEvent(search_ms=search_ms, read_ms=read_ms, rank_ms=rank_ms,
+                           ttft_ms=written.ttft_ms, total_ms=_ms(started),
+                           fallbacks=fallbacks)
+        yield DoneEvent(finish_reason=written.finish if packed else "no_relevant_sources",
+                        usage=written.usage, withheld=sum(s.withheld for s in support),
+                        stopped_unsupported=written.stopped)
+
+    async def _write(self, engine: Engine, request: GenerationRequest,
+                     packed: list[Passage], question: str, n_sources: int,
+                     out: _Written, on_sentence: Callable[[], None]
+                     ) -> AsyncIterator[DeltaEvent]:
+        """Generate the answer and send what the grounding policy lets through.
+
+        ``mark``: text goes out as the model writes it; only what a sentence's check may
+        still change (an unfinished citation marker, its trailing whitespace) waits for
+        the sentence to end. ``strict``: a sentence goes out only once its check passed;
+        a rejected one is withheld (listed in the support event) and after
+        ``max_unsupported_run`` rejections in a row generation stops. ``off``: no check.
+        Fills ``out`` (text sent, support records, usage, finish reason, TTFT).
+        """
+        opts, strict = self.options, out.policy == "strict"
+        cited, t_gen, run = CitedStream(n_sources), time.perf_counter(), 0
+
+        async def settle(sentence: str) -> str:
+            """The sentence's text to send now ("" when withheld)."""
+            nonlocal run
+            if out.policy == "off":
+                return cited.complete(clean_citations(sentence, n_sources))
+            text, checked = await self.grounder.check(sentence, packed, question, n_sources)
+            rest = cited.complete(text)
+            if strict and not checked.supported:
+                out.support.append(checked.model_copy(update={"withheld": True}))
+                run += 1
+                return ""
+            out.support.append(checked)
+            run = 0
+            return rest
+
+        async with contextlib.aclosing(engine.generate(request)) as stream:
+            while True:
+                try:
+                    chunk = await _next(stream, t_gen, out.ttft_ms, opts)
+                except TimeoutError:  # past the answer budget: keep what we have
+                    out.finish = "timeout"
+                    out.fallbacks.append(f"answer: stopped at {opts.answer_timeout_s:g} s")
+                    break
+                if chunk is None:
+                    break
+                out.ttft_ms = out.ttft_ms if out.ttft_ms is not None else _ms(t_gen)
+                out.usage = Usage(prompt_tokens=chunk.prompt_tokens,
+                                  completion_tokens=chunk.completion_tokens)
+                out.finish = chunk.finish_reason or out.finish
+                for sentence in cited.feed(chunk.text):
+                    if text := await settle(sentence):
+                        out.text += text
+                        yield DeltaEvent(text=text)
+                    on_sentence()
+                if strict and run >= opts.max_unsupported_run:
+                    out.stopped = True
+                    out.fallbacks.append(f"grounding: stopped after {run} unsupported "
+                                         "sentences in a row")
+                    return  # closing the stream aborts the generation
+                if not strict and (text := cited.progress()):
+                    out.text += text
+                    yield DeltaEvent(text=text)
+        last = cited.flush()  # the answer's last sentence, if it did not end
+        if last.strip() and (text := await settle(last)):
+            out.text += text
+            yield DeltaEvent(text=text)
 
     async def _related(self, engine: Engine, question: str, context: str) -> list[str]:
-        """Three follow-up questions via JSON-schema constrained decoding; [] on failure."""
+        """Candidate follow-up questions via JSON-schema constrained decoding (filtered
+        and completed by :func:`~search_app.related.pick_related`)."""
         request = GenerationRequest(
             request_id=f"related-{uuid.uuid4().hex}",
             messages=prompts.related_messages(question, context[:1500]),
@@ -285,13 +326,35 @@ class AnswerPipeline:
         async with contextlib.aclosing(engine.generate(request)) as stream:
             async for chunk in stream:
                 text += chunk.text
-        questions = json.loads(text).get("questions", [])
-        # The grammar guarantees the shape, not the sense: keep real questions only.
-        return [q.strip() for q in questions if isinstance(q, str)
-                and len(q.split()) >= 3 and q.strip().endswith("?")][:5]
+        return parse_candidates(text)
 
 
 # --- helpers ------------------------------------------------------------------------
+
+@dataclass
+class _Written:
+    """What :meth:`AnswerPipeline._write` produced, for the events after the answer."""
+
+    policy: GroundingPolicy
+    text: str = ""                    # what reached the reader (withheld sentences left out)
+    support: list[SentenceSupport] = field(default_factory=list)
+    usage: Usage = field(default_factory=Usage)
+    finish: FinishReason = "stop"
+    ttft_ms: float | None = None
+    stopped: bool = False             # strict: too many unsupported sentences in a row
+    fallbacks: list[str] = field(default_factory=list)
+
+
+def _record(req: AnswerRequest, events: list[AnswerEvent]) -> AnswerRecord:
+    """The stored form of a finished answer: its stored events, and the fields that
+    listings need (derived from those events)."""
+    search = next(e for e in events if isinstance(e, SearchEvent))
+    return AnswerRecord(
+        id=req.search_id, thread_id=req.thread_id, client_id=req.client_id,
+        query=req.query, search_query=search.search_query,
+        answer="".join(e.text for e in events if isinstance(e, DeltaEvent)),
+        events=[e.record() for e in events], created=time.time())
+
 
 class _FirstTokenTimeout(Exception):
     """The model did not start answering within its budget."""

@@ -6,7 +6,7 @@ import contextlib
 import logging
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -35,6 +35,9 @@ class SearchRequest(BaseModel):
     sources: int | None = Field(None, ge=1, le=20, description="Search results to use.")
     read_pages: bool = Field(True, description="Read the pages (web providers).")
     related: bool = Field(True, description="Generate related questions.")
+    grounding: Literal["strict", "mark", "off"] | None = Field(
+        None, description="Grounding policy for this answer; default: the app's setting "
+                          "(strict unless configured otherwise).")
 
     @field_validator("query")
     @classmethod
@@ -65,7 +68,7 @@ async def search(body: SearchRequest, pipeline: PipelineDep, store: StoreDep,
                             thread_id=body.thread_id or uuid.uuid4().hex,
                             client_id=client_id, provider=body.provider,
                             sources=body.sources, read_pages=body.read_pages,
-                            related=body.related)
+                            related=body.related, grounding=body.grounding)
 
     async def events() -> AsyncIterator[ServerSentEvent]:
         # aclosing: a disconnect closes the pipeline at once (engine abort, reads cancelled)

@@ -11,8 +11,8 @@ write per decode step for all sequences (``LlamaCppEngine.submit``'s sink), whil
 process's event loop sleeps: on a small machine every extra wake-up per step takes a
 core from llama.cpp's spinning threads for a moment (measured here: a process waking
 150 times a second cost c=4 decoding ~8 %). Every write to OUT_FD, from either thread,
-is one locked, blocking ``sendall`` of whole lines, so lines never interleave. Nothing here is reachable from
-the network: the sockets are private to the two processes.
+is one locked, blocking ``sendall`` of whole lines, so lines never interleave. Nothing
+here is reachable from the network: the sockets are private to the two processes.
 """
 
 from __future__ import annotations

@@ -53,7 +53,9 @@ def test_answer_stream_store_and_follow_up(app_server: ServerProcess) -> None:
     data = dict(events)
     sources = data["sources"]["sources"]
     assert data["sources"]["relevant"] and "Eiffel Tower" in [s["title"] for s in sources]
-    assert isinstance(data["related"]["questions"], list)
+    questions = data["related"]["questions"]
+    assert len(questions) >= 2 and all(q.endswith("?") for q in questions), questions
+    assert all(q.lower() != "who designed the eiffel tower?" for q in questions)
     assert data["timings"]["ttft_ms"] > 0 and data["done"]["usage"]["completion_tokens"] > 0
 
     search_id = events[0][1]["search_id"]
@@ -97,6 +99,7 @@ def test_lepton_query_as_the_front_end_reads_it(app_server: ServerProcess) -> No
     for n in re.findall(r"\[citation:(\d+)\]", answer):
         assert 1 <= int(n) <= len(sources)
     assert isinstance(related, list) and all(set(q) == {"question"} for q in related)
+    assert len(related) >= 2, related  # they used to come back empty
     replay = httpx.post(f"{app_server.url}/query", json=body, timeout=30)
     assert replay.text == text
     assert httpx.post(f"{app_server.url}/query",
@@ -235,3 +238,41 @@ def test_python_client_and_ask_cli(app_server: ServerProcess) -> None:
     unknown = ask("x", "--thread", "no-such-thread")
     assert unknown.returncode == 1 and unknown.stderr.count("\n") == 1
     assert "not found" in unknown.stderr
+
+
+def test_strict_grounding_with_the_real_model(app_server: ServerProcess) -> None:
+    """The default policy on SmolLM2's own answers: what reaches the reader is exactly
+    the sentences that passed the check; what failed is listed, withheld, nowhere in the
+    text (not in the stream, the stored answer or the Lepton face's text)."""
+    import subprocess
+    import sys
+
+    from search_app.grounding import strip_citations
+
+    withheld_seen = 0
+    for question in ("Who painted the Mona Lisa?", "Who designed the Eiffel Tower?",
+                     "What is bronze made of?"):
+        events = _ask(app_server, query=question, related=False)
+        data = dict(events)
+        support = data["support"]
+        assert support["policy"] == "strict"
+        text = strip_citations("".join(d["text"] for n, d in events if n == "delta"))
+        kept = [s for s in support["sentences"] if not s["withheld"]]
+        withheld = [s for s in support["sentences"] if s["withheld"]]
+        assert all(s["supported"] for s in kept)
+        assert all(not s["supported"] for s in withheld)
+        assert support["withheld"] == data["done"]["withheld"] == len(withheld)
+        for s in withheld:
+            if len(s["sentence"]) > 12:
+                assert strip_citations(s["sentence"]) not in text
+        stored = httpx.get(f"{app_server.url}/api/search/{events[0][1]['search_id']}").json()
+        assert strip_citations(stored["answer"]) == text
+        withheld_seen += len(withheld)
+    # The CLI says how many were withheld, and lists them on request.
+    shown = subprocess.run([sys.executable, "-m", "search_app.cli", "ask", "--base-url",
+                            app_server.url, "--no-related", "--show-withheld",
+                            "Who painted the Mona Lisa?"],
+                           capture_output=True, text=True, timeout=180, cwd=ROOT)
+    assert shown.returncode == 0, shown.stderr
+    if "withheld" in shown.stdout:
+        assert "unsupported sentence" in shown.stdout and "withheld: " in shown.stdout

@@ -23,7 +23,7 @@ async def test_disconnect_aborts_generation_and_stores_nothing(tmp_path: Path) -
                             delay_s=0.01)
     store = Store(tmp_path / "s.sqlite")
     pipeline = make_pipeline(engine, store)
-    request = AnswerRequest(query="What is the capital of France?")
+    request = AnswerRequest(query="What is the capital of France?", grounding="mark")
     stream = pipeline.run(request)
     async for event in stream:
         if isinstance(event, DeltaEvent):
@@ -59,11 +59,18 @@ async def test_answer_budget_stops_with_timeout() -> None:
     assert engine.running == 0
 
 
-async def test_related_failure_is_an_empty_list() -> None:
+async def test_related_failure_falls_back_to_the_sources() -> None:
+    """Garbage from the model is no reason to offer nothing: the sources the answer was
+    built from still give follow-ups; and with related off there are none."""
     engine = ScriptedEngine(related="not json")
     events = [e async for e in make_pipeline(engine, None).run(AnswerRequest(query="q?"))]
-    assert next(e for e in events if e.name == "related").questions == []
+    titles = [s.title for s in next(e for e in events if e.name == "sources").sources]
+    questions = next(e for e in events if e.name == "related").questions
+    assert questions == [f"What is known about {t}?" for t in titles][:3]
     assert events[-1].name == "done"
+    off = [e async for e in make_pipeline(engine, None).run(AnswerRequest(
+        query="q?", related=False))]
+    assert next(e for e in off if e.name == "related").questions == []
 
 
 async def test_related_starts_after_the_first_sentence_and_overlaps_the_answer() -> None:

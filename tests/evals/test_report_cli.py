@@ -51,6 +51,13 @@ def test_scorer_fills_every_metric() -> None:
     assert r.metrics["false_abstention"] == 0.0
     assert r.metrics["tokens_per_s"] == pytest.approx(39 / 0.785)
     assert "index_recall@5_page" not in r.metrics  # not measured
+    assert "related_ge2" not in r.metrics and r.metrics["withheld_sentences"] == 0.0
+    r.related, r.withheld = ["Why?", "How long exactly?"], 2
+    Scorer(WordSupport(), related=True).score(q, r)
+    assert r.metrics["related_ge2"] == 1.0 and r.metrics["withheld_sentences"] == 2.0
+    r.related = ["Why?"]
+    Scorer(WordSupport(), related=True).score(q, r)
+    assert r.metrics["related_ge2"] == 0.0
     r.index_urls = ["https://git-scm.com/docs/git-log", f"{GOLD}~2"]
     Scorer(None).score(q, r)
     assert r.metrics["index_recall@5_anchor"] == 1.0 and r.metrics["index_mrr_page"] == 0.5

@@ -456,6 +456,58 @@ def test_related_questions_and_unsupported_sentences(page: Any,
         page.unroute("**/api/search")
 
 
+def test_withheld_sentences_are_counted_and_revealed_on_request(
+        page: Any, app_server: ServerProcess) -> None:
+    """Strict grounding: a withheld sentence is not in the answer; the turn says how many
+    were withheld, and a control reveals them, marked as unsupported."""
+    moon = "It was invented on the moon by cats."
+    events = [
+        ("search", {"search_id": "s2", "thread_id": "thread-2", "query": "Q2",
+                    "search_query": "Q2"}),
+        ("sources", {"provider": "local", "relevant": True, "sources": [
+            {"number": 1, "title": "Bronze", "url": "https://en.wikipedia.org/wiki/Bronze",
+             "site": "en.wikipedia.org", "snippet": "Bronze is an alloy of copper.",
+             "date": None}]}),
+        ("delta", {"text": "Bronze is an alloy of copper and tin.[citation:1] "}),
+        ("related", {"questions": []}),
+        ("support", {"threshold": 0.55, "supported_ratio": 0.5, "policy": "strict",
+                     "withheld": 1, "sentences": [
+                         {"sentence": "Bronze is an alloy of copper and tin.", "cited": [1],
+                          "supported": True, "score": 0.8, "best_source": 1},
+                         {"sentence": moon, "cited": [], "supported": False, "score": 0.1,
+                          "best_source": None, "withheld": True}]}),
+        ("timings", {"search_ms": 5, "read_ms": 0, "rank_ms": 3, "ttft_ms": 900,
+                     "total_ms": 1500, "fallbacks": []}),
+        ("done", {"finish_reason": "stop", "withheld": 1,
+                  "usage": {"prompt_tokens": 9, "completion_tokens": 9}}),
+    ]
+    stream = "".join(f"event: {n}\r\ndata: {json.dumps(d)}\r\n\r\n" for n, d in events)
+    page.goto(app_server.url + "/")
+    page.route("**/api/search", lambda route: route.fulfill(
+        status=200, content_type="text/event-stream", body=stream))
+    try:
+        page.fill("#q", "Q2")
+        page.keyboard.press("Enter")
+        turn = wait_done(page, 0)
+        assert "moon" not in turn.locator(".answer").inner_text()
+        box = turn.locator(".withheld")
+        assert box.is_visible()
+        assert box.locator(".withheld-count").inner_text() == "1 unsupported sentence withheld."
+        assert not box.locator(".withheld-list").is_visible()
+        button = box.locator("button")
+        assert button.get_attribute("aria-expanded") == "false"
+        button.click()
+        items = box.locator(".withheld-list li")
+        assert items.count() == 1 and moon in items.first.inner_text()
+        assert "not supported by the sources" in items.first.inner_text()
+        assert button.get_attribute("aria-expanded") == "true"
+        shot(page, "withheld", full=False)
+        button.click()
+        assert not box.locator(".withheld-list").is_visible()
+    finally:
+        page.unroute("**/api/search")
+
+
 def test_xss_from_pages_snippets_and_answers_executes_nothing(
         browser: Any, app_server: ServerProcess, hostile: HostileWeb,
         store_path: Path) -> None:

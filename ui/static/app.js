@@ -92,6 +92,8 @@
       cards: q('.cards'), answerBox: q('.answer-box'), answer: q('.answer'),
       error: q('.error'), errorText: q('.error-text'), timings: q('.timings'),
       relatedBox: q('.related'), relatedList: q('.related ul'),
+      withheldBox: q('.withheld'), withheldCount: q('.withheld-count'),
+      withheldList: q('.withheld-list'), withheldBtn: q('[data-act="withheld"]'),
     });
     q('.q').textContent = query;
     for (const b of els.thread.querySelectorAll('[data-act="regen"]')) b.hidden = true; // last only
@@ -110,6 +112,7 @@
     turn.stage.classList.remove('idle');
     turn.cards.replaceChildren(); turn.answer.replaceChildren();
     turn.relatedList.replaceChildren(); turn.timings.textContent = '';
+    renderWithheld(turn, []);
     turn.sourcesBox.hidden = true; turn.answerBox.hidden = true; turn.relatedBox.hidden = true;
     turn.error.hidden = true; turn.stage.hidden = false; turn.stageText.textContent = 'Searching…';
     turn.node.setAttribute('aria-busy', 'true');
@@ -236,6 +239,30 @@
     }
   }
 
+  // Strict grounding: sentences that failed the support check never reach the answer
+  // text; the support event lists them, and the reader may look at them, marked.
+  function renderWithheld(turn, sentences) {
+    turn.withheldBox.hidden = !sentences.length;
+    turn.withheldList.hidden = true;
+    turn.withheldBtn.setAttribute('aria-expanded', 'false');
+    turn.withheldBtn.textContent = 'Show them';
+    const n = sentences.length;
+    turn.withheldCount.textContent = `${n} unsupported sentence${n === 1 ? '' : 's'} withheld.`;
+    turn.withheldList.replaceChildren();
+    for (const s of sentences) {
+      const li = el('li', null, s.sentence);
+      li.append(el('span', 'tag', 'not supported by the sources'));
+      turn.withheldList.append(li);
+    }
+  }
+
+  function toggleWithheld(turn) {
+    const open = turn.withheldList.hidden;
+    turn.withheldList.hidden = !open;
+    turn.withheldBtn.setAttribute('aria-expanded', String(open));
+    turn.withheldBtn.textContent = open ? 'Hide them' : 'Show them';
+  }
+
   function renderRelated(turn, questions) {
     turn.related = questions || [];
     turn.relatedList.replaceChildren();
@@ -291,7 +318,9 @@
         break;
       case 'related': renderRelated(turn, data.questions); setStage(turn, 'Checking citations…'); break;
       case 'support':
-        turn.unsupported = (data.sentences || []).filter((s) => !s.supported).map((s) => s.sentence);
+        turn.unsupported = (data.sentences || []).filter((s) => !s.supported && !s.withheld)
+          .map((s) => s.sentence);
+        renderWithheld(turn, (data.sentences || []).filter((s) => s.withheld));
         renderAnswer(turn);
         break;
       case 'timings': renderTimings(turn, data); break;
@@ -469,6 +498,7 @@
         if (turn.reload) location.reload(); else if (!state.busy) { turn.replay = false; run(turn); }
         break;
       case 'copy': flash(target, await copyText(answerWithFootnotes(turn)) ? 'Copied' : 'Copy failed'); break;
+      case 'withheld': toggleWithheld(turn); break;
       case 'share': {
         const url = `${location.origin}/s/${encodeURIComponent(turn.searchId)}`;
         target.dataset.url = url;
