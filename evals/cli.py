@@ -63,14 +63,19 @@ def datasets_command() -> None:
 @click.option("--serve", is_flag=True, help="Then serve the pages on 127.0.0.1 under their "
               "public URLs until interrupted.")
 @click.option("--port", type=int, default=8080, show_default=True)
+@click.option("--progress/--no-progress", default=True, show_default=True,
+              help="Progress on stderr: a bar on a terminal, a line per tenth in logs.")
 @_root
 def corpus_command(packages: str, strip_questions: bool, pages: str | None, serve: bool,
-                   port: int, root: Path) -> None:
+                   port: int, progress: bool, root: Path) -> None:
     """Download, unpack and index Debian documentation packages (cached)."""
+    from search_app.retrieval_cli import progress_reporter
+
     names = [p.strip() for p in packages.split(",") if p.strip()]
     try:
-        data_dir = build_corpus(names, strip_questions=strip_questions, pages=pages,
-                                root=root)
+        with progress_reporter(progress) as step:
+            data_dir = build_corpus(names, strip_questions=strip_questions, pages=pages,
+                                    root=root, progress=step)
         click.echo(f"index: {data_dir}  (serve it: search-app serve --data-dir {data_dir})")
         if serve:
             server = CorpusServer([PACKAGES[n] for n in names], root, port=port)
@@ -175,9 +180,11 @@ def run_command(dataset: str, limit: int | None, concurrency: int, base_url: str
             _run(base_url, config, todo, results_path, scorer, api_key, progress)
         elif todo:
             from evals.runner import started_app
+            from search_app.retrieval_cli import progress_reporter
 
-            data_dir = build_corpus(names, strip_questions=strip_questions, pages=pages,
-                                    root=root)
+            with progress_reporter(progress) as step:
+                data_dir = build_corpus(names, strip_questions=strip_questions,
+                                        pages=pages, root=root, progress=step)
             click.echo(f"starting the app over {data_dir} ...", err=True)
             with started_app(data_dir, serve_args=serve_args,
                              log_path=run_dir / "app.log") as url:

@@ -33,7 +33,9 @@ __all__ = [
     "token_recall",
 ]
 
-RETRIEVAL_KS = (1, 3, 5, 10)
+# k up to what the app can return: it answers with at most 8 sources by default
+# (SEARCH_APP_ANSWER_SOURCES), so a recall@10 could never exceed recall@8.
+RETRIEVAL_KS = (1, 3, 5, 8)
 
 # --- URLs -----------------------------------------------------------------------------
 
@@ -180,17 +182,23 @@ def alce_citations(sentences: Sequence[tuple[str, Sequence[int]]],
 
     - recall: share of sentences whose cited passages, joined, support them (a sentence
       without citations scores 0);
+    - sentences_supported (ours, not ALCE's): share of sentences supported by their
+      cited passages, or by all passages when they cite none;
     - precision: share of citations that are relevant: in a supported sentence, a
       citation is irrelevant when it alone does not support the sentence *and* the other
       citations still do without it; every citation of an unsupported sentence is
       irrelevant.
     """
-    supported_sentences = relevant = total = 0
+    supported_sentences = relevant = total = backed = 0
     for sentence, cited in sentences:
         refs = [n for n in dict.fromkeys(cited) if n in passages]
         total += len(list(dict.fromkeys(cited)))
         joint = bool(refs) and supports([passages[n] for n in refs], sentence)
         supported_sentences += joint
+        # Supported at all (by its citations, or by any passage when it cites none):
+        # the reader's question "is this true to the sources?", citations aside.
+        backed += joint or (not refs and bool(passages)
+                            and supports(list(passages.values()), sentence))
         if joint and len(refs) > 1:
             for n in refs:
                 if supports([passages[n]], sentence):
@@ -203,6 +211,7 @@ def alce_citations(sentences: Sequence[tuple[str, Sequence[int]]],
     return {
         "citation_recall": supported_sentences / len(sentences) if sentences else None,
         "citation_precision": relevant / total if total else None,
+        "sentences_supported": backed / len(sentences) if sentences else None,
         "sentences": len(sentences), "citations": total,
     }
 

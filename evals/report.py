@@ -26,9 +26,9 @@ METRIC_GROUPS: dict[str, list[str]] = {
     + [f"index_recall@{k}_{lvl}" for lvl in ("page", "anchor") for k in (5, 10)]
     + ["index_mrr_page", "index_mrr_anchor"],
     "answer": ["exact_match", "f1", "answer_contains", "passage_recall"],
-    "citations": ["citation_recall", "citation_precision"],
+    "citations": ["citation_recall", "citation_precision", "sentences_supported"],
     "abstention": ["abstention", "false_abstention"],
-    "extras": ["related_ge2", "withheld_sentences"],
+    "extras": ["cut_off", "related_ge2", "withheld_sentences"],
 }
 LATENCY_STAGES = ["search_ms", "read_ms", "rank_ms", "ttft_ms", "total_ms", "wall_ms"]
 # The headline bars of the plots and of compare.
@@ -48,13 +48,16 @@ def summarize(results: list[QuestionResult], config: RunConfig | None = None
         metrics[name] = {"mean": sum(defined) / len(defined) if defined else None,
                          "n": len(defined)}
     answered = [r for r in results if r.error is None]
+    # Latency of generated answers only: an instant refusal (the relevance gate) would
+    # pull every percentile down.
+    generated = [r for r in answered if not r.metrics.get("abstained")]
     latency: dict[str, dict[str, float | None]] = {}
     for stage in LATENCY_STAGES:
         values = [(r.wall_ms if stage == "wall_ms" else r.timings.get(stage))
-                  for r in answered]
+                  for r in generated]
         values = [v for v in values if v is not None]
         latency[stage] = {"p50": m.percentile(values, 50), "p95": m.percentile(values, 95)}
-    tps = [r.metrics.get("tokens_per_s") for r in answered]
+    tps = [r.metrics.get("tokens_per_s") for r in generated]
     tps = [v for v in tps if v is not None]
     latency["tokens_per_s"] = {"p50": m.percentile(tps, 50), "p95": m.percentile(tps, 95)}
     grades = [r.grade for r in results if r.grade is not None]

@@ -20,7 +20,6 @@ import re
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -139,21 +138,27 @@ class Scorer:
                 out[f"index_mrr_{level}"] = m.mrr(r.index_urls, q.gold_urls, anchor=anchor)
         failed = r.error is not None
         did_abstain = not failed and abstained(r.answer, r.finish_reason)
+        cut_off = not failed and r.finish_reason == "timeout"
         out["abstained"] = None if failed else float(did_abstain)
+        out["cut_off"] = None if failed else float(cut_off)
+        # Answer and citation metrics score generated answers only: a refusal (the fixed
+        # abstain text shares words with many gold passages) is counted by the
+        # abstention metrics, and an answer cut off by the time budget is counted apart.
+        generated = not failed and not did_abstain and not cut_off
         if q.unanswerable:
             out["abstention"] = None if failed else float(did_abstain)
         else:
             out["false_abstention"] = None if failed else float(did_abstain)
-            text = "" if failed else r.answer
-            out["exact_match"] = m.exact_match(text, q.answers)
-            out["f1"] = m.f1_score(text, q.answers)
-            out["answer_contains"] = m.answer_contains(text, q.answers)
-            out["passage_recall"] = m.token_recall(text, q.gold_passage)
+            if generated:
+                out["exact_match"] = m.exact_match(r.answer, q.answers)
+                out["f1"] = m.f1_score(r.answer, q.answers)
+                out["answer_contains"] = m.answer_contains(r.answer, q.answers)
+                out["passage_recall"] = m.token_recall(r.answer, q.gold_passage)
         if not failed and not did_abstain:
             out["withheld_sentences"] = float(r.withheld)
             if self.related:  # the run asked for them: did at least two appear?
                 out["related_ge2"] = float(len(r.related) >= 2)
-        if not failed and not did_abstain and self.support is not None and r.answer.strip():
+        if generated and self.support is not None and r.answer.strip():
             passages = {s["number"]: s.get("passage") or s.get("snippet") or ""
                         for s in r.sources}
             support = self.support
@@ -164,6 +169,7 @@ class Scorer:
             cites = m.alce_citations(answer_sentences(r.answer), passages, check)
             out["citation_recall"] = cites["citation_recall"]  # type: ignore[assignment]
             out["citation_precision"] = cites["citation_precision"]  # type: ignore[assignment]
+            out["sentences_supported"] = cites["sentences_supported"]  # type: ignore[assignment]
         if self.judge is not None and q.answers and not failed:
             r.grade = self.judge.grade(q.question, q.answers[0], r.answer)
         t = r.timings
@@ -296,19 +302,21 @@ class AppStartError(RuntimeError):
 def started_app(data_dir: Path, *, serve_args: Sequence[str] = (), log_path: Path,
                 ready_timeout: float = 600.0) -> Iterator[str]:
     """``search-app serve`` on a free loopback port over ``data_dir``'s index, with a
-    throwaway store and no rate limit; yields its base URL once the answer engine is
-    ready (``/searxng/search`` answers 200), stops it after. The search timeout is
-    raised to 30 s and the first-token timeout to 120 s (the app's 5 s and 30 s budgets
-    fail answers on a CPU shared with the model under concurrent questions);
-    ``serve_args`` come last and override."""
+    store kept in the run's folder (next to ``log_path``) and no rate limit; yields its
+    base URL once the answer engine is ready (``/searxng/search`` answers 200), stops it
+    after. The search timeout is raised to 30 s, the first-token timeout to 120 s and
+    the whole-answer budget to 600 s (the app's 5, 30 and 90 s fail or cut answers on a
+    CPU shared with the model under concurrent questions; a cut answer would be scored
+    as a short one); ``serve_args`` come last and override."""
     port = _free_port()
-    store = Path(tempfile.mkdtemp(prefix="search-app-eval-")) / "store.sqlite"
+    store = log_path.parent / "store.sqlite"  # under the run: --root holds everything
     command = [sys.executable, "-m", "search_app.cli", "serve", "--host", "127.0.0.1",
                "--port", str(port), "--data-dir", str(data_dir), "--store-path", str(store),
                "--rate-limit-per-minute", "0", "--provider", "local",
                # A loaded eval machine must not turn a slow search or a slow first token
                # into a failed answer: quality is measured, not the machine's load.
-               "--search-timeout-s", "30", "--first-token-timeout-s", "120", *serve_args]
+               "--search-timeout-s", "30", "--first-token-timeout-s", "120",
+               "--answer-timeout-s", "600", *serve_args]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("wb") as log:

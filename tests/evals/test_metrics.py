@@ -80,6 +80,11 @@ def test_alce_citation_recall_and_precision() -> None:
     # citations: 1 + 2 + 2 + 1 + 0 + 1 = 7; relevant: 1 + 1 + 2 = 4
     assert out["citation_precision"] == pytest.approx(4 / 7)
     assert out["sentences"] == 6 and out["citations"] == 7
+    # supported at all: the 3 above, and "beta" (its only citation names no source, so
+    # it is checked against all passages); "delta" is in none: 4 of 6
+    assert out["sentences_supported"] == pytest.approx(4 / 6)
+    uncited = m.alce_citations([("beta", []), ("gamma", [1])], passages, supports)
+    assert uncited["citation_recall"] == 0.0 and uncited["sentences_supported"] == 0.5
     empty = m.alce_citations([], passages, supports)
     assert empty["citation_recall"] is None and empty["citation_precision"] is None
 

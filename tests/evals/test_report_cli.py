@@ -69,6 +69,29 @@ def test_scorer_fills_every_metric() -> None:
     assert gated.metrics["abstention"] == 1.0 and "citation_recall" not in gated.metrics
 
 
+def test_only_generated_answers_are_scored_and_timed() -> None:
+    """A refusal or a cut-off answer earns no answer metrics (the abstain text shares
+    words with gold passages), and refusals do not pull the latency percentiles down."""
+    q = Question(id="a", question="How long?", answers=["30 days"], gold_urls=[GOLD],
+                 gold_passage="the default is 30 days, the sources do not cover")
+    refused = _result("r", ABSTAIN_TEXT, total=5.0)
+    Scorer(WordSupport()).score(q, refused)
+    assert refused.metrics["false_abstention"] == 1.0
+    assert "passage_recall" not in refused.metrics and "f1" not in refused.metrics
+    cut = _result("c", "The default is 30 days.[citation:1] It", finish="timeout",
+                  total=600_000.0)
+    Scorer(WordSupport()).score(q, cut)
+    assert cut.metrics["cut_off"] == 1.0 and "answer_contains" not in cut.metrics
+    assert "citation_recall" not in cut.metrics
+    good = _result("g", "The default is 30 days.[citation:1]", total=2000.0)
+    Scorer(WordSupport()).score(q, good)
+    assert good.metrics["cut_off"] == 0.0 and good.metrics["answer_contains"] == 1.0
+    summary = summarize([refused, cut, good])
+    assert summary["metrics"]["cut_off"] == {"mean": pytest.approx(1 / 3), "n": 3}
+    assert summary["latency"]["total_ms"]["p50"] >= 2000.0  # the 5 ms refusal is left out
+    assert summary["metrics"]["answer_contains"]["n"] == 1
+
+
 def test_answer_sentences_keep_their_citations() -> None:
     assert answer_sentences("One.[citation:1] Two [citation:2][citation:3]. ") == [
         ("One.", [1]), ("Two .", [2, 3])]

