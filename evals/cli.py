@@ -112,6 +112,10 @@ def corpus_command(packages: str, strip_questions: bool, pages: str | None, serv
               help="Also score the local index's own top 10 (GET /searxng/search): "
               "retrieval without the relevance gate. Default: on when the harness starts "
               "the app (local provider), off with --base-url.")
+@click.option("--retrieval-only", is_flag=True,
+              help="No model: score the local index's own top 10 per question (in this "
+              "process over the docs corpus, or GET /searxng/search of --base-url). For "
+              "large question sets.")
 @click.option("--support", type=click.Choice(["embedding", "judge", "none"]),
               default="embedding", show_default=True,
               help="Support check of the citation metrics (judge needs --judge-url).")
@@ -125,7 +129,7 @@ def run_command(dataset: str, limit: int | None, concurrency: int, base_url: str
                 api_key: str | None, run_id: str | None, corpus: str | None,
                 strip_questions: bool, pages: str | None, serve_args: tuple[str, ...],
                 provider: str | None, sources: int | None, related: bool,
-                index_recall: bool | None, support: str,
+                index_recall: bool | None, retrieval_only: bool, support: str,
                 judge_url: str | None, judge_model: str | None, judge_api_key: str | None,
                 progress: bool, root: Path) -> None:
     """Answer a dataset through the API, score each answer, then write the report."""
@@ -172,11 +176,15 @@ def run_command(dataset: str, limit: int | None, concurrency: int, base_url: str
                        serve_args=list(serve_args), provider=provider, sources=sources,
                        related=related, concurrency=concurrency,
                        index_recall=(base_url is None if index_recall is None
-                                     else index_recall),
+                                     else index_recall) or retrieval_only,
+                       retrieval_only=retrieval_only,
                        support_check=scorer.support.name if scorer.support else "none",
                        judge=judge_model)
     try:
-        if base_url is not None:
+        if retrieval_only:
+            _retrieve(base_url, config, todo, results_path, scorer, names, strip_questions,
+                      pages, root, progress)
+        elif base_url is not None:
             _run(base_url, config, todo, results_path, scorer, api_key, progress)
         elif todo:
             from evals.runner import started_app
@@ -253,6 +261,62 @@ def _run(url: str, config: Any, todo: list[Any], results_path: Path, scorer: Any
             api_key=api_key, provider=config.provider, sources=config.sources,
             related=config.related, index_recall=config.index_recall,
             on_done=lambda r: bar.advance(task)))
+
+
+def _retrieve(base_url: str | None, config: Any, todo: list[Any], results_path: Path,
+              scorer: Any, names: list[str], strip_questions: bool, pages: str | None,
+              root: Path, progress: bool) -> None:
+    """``--retrieval-only``: no app, no model (or only an app's /searxng/search)."""
+    from evals.runner import retrieve_questions, write_config
+    from search_app.retrieval_cli import progress_reporter
+
+    write_config(results_path.parent, config)
+    if base_url is not None:
+        http = httpx.Client(base_url=base_url, timeout=60)
+
+        def search(q: str) -> list[str]:
+            response = http.get("/searxng/search", params={"q": q, "format": "json"})
+            response.raise_for_status()
+            return [str(r["url"]) for r in response.json()["results"]]
+    else:
+        with progress_reporter(progress) as step:
+            data_dir = build_corpus(names, strip_questions=strip_questions, pages=pages,
+                                    root=root, progress=step)
+        gate, threshold, index = _gate(data_dir)
+
+        def search(q: str) -> list[str]:
+            return [r.url for r in index.search(q, 10)]
+    with progress_reporter(progress) as step:
+        retrieve_questions(search, todo, results_path, scorer,
+                           gate=gate if base_url is None else None,
+                           gate_threshold=threshold if base_url is None else None,
+                           on_done=(lambda r: step("retrieving", 1, len(todo)))
+                           if step is not None else None)
+
+
+def _gate(data_dir: Path) -> tuple[Any, float, Any]:
+    """The app's relevance gate over this index, built the way the app builds it: its
+    pipeline's search and rank, and the threshold calibrated on this index."""
+    from retrieval.index import LocalIndex, load_model
+    from retrieval.providers import FallbackSearch, LocalProvider
+    from retrieval.ranking import Ranker
+    from search_app.calibration import calibrate_relevance
+    from search_app.grounding import Grounder
+    from search_app.pipeline import AnswerPipeline
+
+    model = load_model(data_dir)
+    index = LocalIndex(data_dir, model)
+    index.load()
+    pipeline = AnswerPipeline(
+        engine=lambda: None,  # type: ignore[arg-type,return-value] - never asked here
+        chains={"local": FallbackSearch([LocalProvider(index.asearch)])},
+        default_provider="local", ranker=Ranker(model), grounder=Grounder(model))
+    threshold, _ = asyncio.run(calibrate_relevance(pipeline.best_dense_score))
+
+    def gate(question: str) -> float | None:
+        return asyncio.run(pipeline.best_dense_score(question))
+
+    return gate, threshold, index
 
 
 @eval_group.command("report")

@@ -59,6 +59,7 @@ class RunConfig(BaseModel):
     sources: int | None = None
     related: bool = False
     index_recall: bool = False
+    retrieval_only: bool = False
     concurrency: int = 1
     support_check: str = ""
     judge: str | None = None
@@ -83,6 +84,9 @@ class QuestionResult(BaseModel):
     grade: str | None = None
     related: list[str] = Field(default_factory=list)
     withheld: int = 0  # sentences the strict grounding policy left out
+    retrieval_only: bool = False  # no answer was asked for: only index_* metrics
+    gate_score: float | None = None  # retrieval only: what the relevance gate reads
+    gate_threshold: float | None = None
     metrics: dict[str, float | None] = Field(default_factory=dict)
 
 
@@ -126,6 +130,18 @@ class Scorer:
 
     def score(self, q: Question, r: QuestionResult) -> None:
         out: dict[str, float | None] = {}
+        if r.retrieval_only:  # the index's own ranking, nothing else was asked
+            for anchor, level in ((False, "page"), (True, "anchor")):
+                for k in (5, 10):
+                    out[f"index_recall@{k}_{level}"] = m.recall_at_k(
+                        r.index_urls or [], q.gold_urls, k, anchor=anchor)
+                out[f"index_mrr_{level}"] = m.mrr(r.index_urls or [], q.gold_urls,
+                                                  anchor=anchor)
+            if r.gate_threshold is not None:  # would the relevance gate abstain?
+                gated = float(r.gate_score is None or r.gate_score < r.gate_threshold)
+                out["abstention" if q.unanswerable else "false_abstention"] = gated
+            r.metrics = out
+            return
         urls = [s["url"] for s in sorted(r.sources, key=lambda s: s["number"])]
         for anchor, level in ((False, "page"), (True, "anchor")):
             for k in m.RETRIEVAL_KS:
@@ -261,6 +277,31 @@ async def answer_questions(base_url: str, questions: Sequence[Question], results
 
         await asyncio.gather(*(one(q) for q in questions))
     return errors
+
+
+def retrieve_questions(search: Callable[[str], list[str]], questions: Sequence[Question],
+                       results: Path, scorer: Scorer, *,
+                       gate: Callable[[str], float | None] | None = None,
+                       gate_threshold: float | None = None,
+                       on_done: Callable[[QuestionResult], None] | None = None) -> None:
+    """Retrieval only (no model): the index's top 10 URLs per question, scored and
+    appended to ``results`` like answers are; for question sets too large to answer.
+    With ``gate`` (the app's search + rank, returning the best dense score) and its
+    threshold, the relevance gate's abstentions are scored too."""
+    results.parent.mkdir(parents=True, exist_ok=True)
+    for q in questions:
+        started = time.perf_counter()
+        result = QuestionResult(id=q.id, question=q.question, tags=q.tags,
+                                retrieval_only=True, index_urls=search(q.question))
+        if gate is not None:
+            result.gate_score = gate(q.question)
+            result.gate_threshold = gate_threshold
+        result.wall_ms = round((time.perf_counter() - started) * 1000, 1)
+        scorer.score(q, result)
+        with results.open("a", encoding="utf-8") as out:
+            out.write(result.model_dump_json() + "\n")
+        if on_done is not None:
+            on_done(result)
 
 
 def read_results(path: Path) -> list[QuestionResult]:

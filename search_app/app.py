@@ -25,9 +25,10 @@ from retrieval.providers import FallbackSearch, build_chain
 from retrieval.ranking import Ranker
 from retrieval.reader import PageReader
 from search_app import routes
+from search_app.calibration import calibrate_relevance
 from search_app.config import Settings
 from search_app.deps import AnswerServices, answer_services
-from search_app.grounding import Grounder
+from search_app.grounding import RELEVANCE_THRESHOLD, Grounder
 from search_app.metrics import AnswerMetrics
 from search_app.openai_face import AnswerAgent
 from search_app.pipeline import AnswerPipeline
@@ -139,13 +140,25 @@ async def build_answer_services(settings: Settings, registry: ModelRegistry, sto
         chains.setdefault(name, build_chain(name, popts, client=client, local=index.asearch))
     reader = PageReader(settings.reader_options())
     stack.push_async_callback(reader.aclose)
-    grounder = Grounder(model, relevance_threshold=settings.relevance_threshold,
-                        support_threshold=settings.support_threshold)
+    grounder = Grounder(model, relevance_threshold=settings.relevance_threshold
+                        or RELEVANCE_THRESHOLD, support_threshold=settings.support_threshold)
     pipeline = AnswerPipeline(
         engine=lambda: registry.default_engine, chains=chains,
         default_provider=settings.provider, ranker=Ranker(model), grounder=grounder,
         reader=reader, store=store, options=settings.pipeline_options(), metrics=metrics)
+    if settings.relevance_threshold is None and index.is_built() and "local" in chains:
+        grounder.local_threshold = await _calibrated_threshold(pipeline)
     return AnswerServices(pipeline=pipeline, index=index)
+
+
+async def _calibrated_threshold(pipeline: AnswerPipeline) -> float:
+    """The local index's relevance threshold, from the pipeline's own search and rank of
+    unrelated questions (search_app/calibration.py)."""
+    threshold, scores = await calibrate_relevance(pipeline.best_dense_score)
+    log.info("relevance gate for the local index: %.3f (unrelated questions score up to "
+             "%.3f here; web providers: %.2f)", threshold, max(scores, default=0.0),
+             RELEVANCE_THRESHOLD)
+    return threshold
 
 
 def _index_model(data_dir: Path) -> str | None:

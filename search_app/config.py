@@ -140,9 +140,16 @@ class Settings(BaseSettings):
     answer_sources: int = Field(8, ge=1, le=20, description="Search results per question.")
     answer_max_tokens: int = Field(
         384, ge=16, description="Tokens kept for the answer (at most 1/4 of the context).")
-    relevance_threshold: float = Field(
-        0.52, ge=-1, le=1, description="Best passage's MiniLM cosine below which the answer "
-                                       "abstains (see search_app/grounding.py).")
+    answer_context_tokens: int | None = Field(
+        None, ge=64, description="Most tokens of sources packed into the prompt (default: "
+                                 "what the context window leaves). Less context, shorter "
+                                 "prefill: the first sentence comes sooner on a CPU.")
+    relevance_threshold: float | None = Field(
+        None, ge=-1, le=1,
+        description="Best passage's MiniLM cosine below which the answer abstains. Empty "
+                    "or 'auto': 0.52 for web providers, and for the local index a value "
+                    "calibrated on it at start-up (search_app/calibration.py); a number "
+                    "fixes it for all.")
     grounding: Literal["strict", "mark", "off"] = Field(
         "strict", description="strict: a sentence reaches the reader only if it passes the "
                               "support check (rejected ones are withheld, listed in the "
@@ -179,6 +186,12 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return json.loads(value) if value.strip() else None
         return value
+
+    @field_validator("relevance_threshold", mode="before")
+    @classmethod
+    def _auto(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and value.strip().lower() in ("", "auto") \
+            else value
 
     @field_validator("embedding_model", "model", "upstream_url", mode="before")
     @classmethod
@@ -244,6 +257,7 @@ class Settings(BaseSettings):
     def pipeline_options(self) -> PipelineOptions:
         return PipelineOptions(
             sources=self.answer_sources, answer_max_tokens=self.answer_max_tokens,
+            context_tokens=self.answer_context_tokens,
             rank_timeout_s=self.rank_timeout_s,
             first_token_timeout_s=self.first_token_timeout_s,
             answer_timeout_s=self.answer_timeout_s, related_timeout_s=self.related_timeout_s,

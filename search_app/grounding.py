@@ -8,7 +8,9 @@ supported sentences that the model left uncited.
 
 Both checks use all-MiniLM-L6-v2 cosine similarity (unit vectors, so cosine = dot).
 
-Relevance gate, ``RELEVANCE_THRESHOLD = 0.52`` on the best passage's dense score
+Relevance gate, ``RELEVANCE_THRESHOLD = 0.52`` on the best passage's dense score (for
+web providers; the local index gets its own threshold, calibrated on it at start-up by
+``search_app/calibration.py``, which keeps 0.52 for this Wikipedia index)
 (query vs ``title: passage``, as the ranker scores it). Measured on the default local
 index (10,033 Wikipedia summaries), top-5 passages, best dense score per question:
   - 22 on-corpus questions ("Who designed the Eiffel Tower?", "What is bronze made
@@ -181,16 +183,25 @@ class Grounder:
     model: EmbeddingModel
     relevance_threshold: float = RELEVANCE_THRESHOLD
     support_threshold: float = SUPPORT_THRESHOLD
+    # The local index's own threshold (search_app/calibration.py); web providers keep
+    # ``relevance_threshold``.
+    local_threshold: float | None = None
 
-    def relevant(self, passages: Sequence[Passage]) -> bool:
-        """The gate: some passage's dense score reaches the threshold. Passages without
-        a dense score (ranking fell back to the provider's order) are trusted."""
+    def threshold(self, provider: str | None = None) -> float:
+        if provider == "local" and self.local_threshold is not None:
+            return self.local_threshold
+        return self.relevance_threshold
+
+    def relevant(self, passages: Sequence[Passage], provider: str | None = None) -> bool:
+        """The gate: some passage's dense score reaches the threshold (the local
+        index's calibrated one for its results). Passages without a dense score
+        (ranking fell back to the provider's order) are trusted."""
         if not passages:
             return False
         scores = [p.scores.get("dense") for p in passages]
         if any(s is None for s in scores):
             return True
-        return max(s for s in scores if s is not None) >= self.relevance_threshold
+        return max(s for s in scores if s is not None) >= self.threshold(provider)
 
     async def check(self, sentence: str, passages: Sequence[Passage], question: str,
                     n_sources: int) -> tuple[str, SentenceSupport]:

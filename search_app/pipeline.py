@@ -79,6 +79,7 @@ class PipelineOptions:
     sources: int = 8                  # search results asked for (REFERENCE_COUNT upstream)
     passages: int = 12                # ranked passages offered to the packer
     answer_max_tokens: int = 384      # room kept for the answer (capped at 1/4 context)
+    context_tokens: int | None = None  # most source tokens packed (None: the window's rest)
     template_overhead: int = 64       # chat-template tokens not counted piecewise
     history_turns: int = 3            # earlier turns of a thread given to the model
     history_answer_chars: int = 600   # each earlier answer cut to this
@@ -183,7 +184,7 @@ class AnswerPipeline:
                                 position=0) for i, d in enumerate(docs, 1)]
         rank_ms = _ms(t0)
         # 4. Relevance gate: nothing close enough -> abstain without asking the model.
-        relevant = self.grounder.relevant(passages)
+        relevant = self.grounder.relevant(passages, found.provider)
         # 5. Pack the best passages into the model's real context window.
         try:
             engine = self.engine()
@@ -317,6 +318,20 @@ class AnswerPipeline:
             out.text += text
             yield DeltaEvent(text=text)
 
+    async def best_dense_score(self, question: str, provider: str = "local"
+                               ) -> float | None:
+        """What the relevance gate reads for ``question``: the best passage's dense
+        score after this pipeline's own search and rank (no model; None: nothing
+        found). The gate's calibration (search_app/calibration.py) runs on it."""
+        try:
+            found = await self.chains[provider].search(question, self.options.sources)
+        except ProviderError:
+            return None
+        docs = [_as_document(r) for r in found.results]
+        passages = await self.ranker.rank(question, docs, self.options.passages)
+        return max((p.scores["dense"] for p in passages if "dense" in p.scores),
+                   default=None)
+
     async def _related(self, engine: Engine, question: str, context: str) -> list[str]:
         """Candidate follow-up questions via JSON-schema constrained decoding (filtered
         and completed by :func:`~search_app.related.pick_related`)."""
@@ -440,6 +455,8 @@ async def _pack(engine: Engine, req: AnswerRequest, passages: list[Passage],
             budget -= used
             break
         history.pop(0)
+    if opts.context_tokens is not None:  # fewer source tokens: a shorter prefill
+        budget = min(budget, opts.context_tokens)
     packed: list[Passage] = []
     numbers: dict[int, int] = {}  # document number (1-based, in docs) -> source number
     for p in passages:

@@ -49,6 +49,23 @@ async def test_packing_respects_the_context_window() -> None:
     assert 1 <= len(sources) < 3  # not everything fits
 
 
+async def test_context_tokens_caps_the_packed_sources() -> None:
+    """answer_context_tokens: fewer source tokens for a shorter prefill, whatever the
+    window would allow."""
+    async def sources_with(limit: int | None) -> int:
+        engine = ScriptedEngine(context_length=2048)
+        pipeline = make_pipeline(engine, None, options=PipelineOptions(context_tokens=limit))
+        events = [e async for e in pipeline.run(AnswerRequest(query="Eiffel Tower Paris?",
+                                                              related=False))]
+        system = (engine.requests[0].messages or [])[0]["content"]
+        assert limit is None or await engine.count_tokens(
+            system.split("Sources:", 1)[1]) <= limit
+        return len(next(e for e in events if isinstance(e, SourcesEvent)).sources)
+
+    assert await sources_with(None) == 3
+    assert 1 <= await sources_with(30) < 3
+
+
 async def test_answer_budget_stops_with_timeout() -> None:
     engine = ScriptedEngine(["Paris is the capital."] + [" slow"] * 100, delay_s=0.02)
     pipeline = make_pipeline(engine, None, options=PipelineOptions(answer_timeout_s=0.2))
