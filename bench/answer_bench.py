@@ -372,6 +372,9 @@ def main() -> None:
                         choices=["strict", "mark", "off"],
                         help="grounding policies to run (each a run per scenario and "
                              "concurrency)")
+    parser.add_argument("--serve-arg", dest="serve_args", action="append", default=[],
+                        help="extra flag for the app, repeatable "
+                             "(--serve-arg=--answer-context-tokens=300)")
     parser.add_argument("--out", default="answer", help="results file stem")
     args = parser.parse_args()
     questions = QUESTIONS[: args.questions]
@@ -384,7 +387,7 @@ def main() -> None:
                "--port", str(port), "--provider", "local,searxng",
                "--searxng-url", f"http://127.0.0.1:{pages.port}",
                "--fetch-allow", "127.0.0.1/32", "--store-path", f"{tmp}/store.sqlite",
-               "--log-level", "warning"]
+               "--log-level", "warning", *args.serve_args]
         with serve_process(cmd, port=port, log_path=RESULTS / "logs" / "answer_app.log",
                            cwd=ROOT, ready_timeout=300) as server:
             model = httpx.get(f"{server.url}/v1/models").json()["data"][0]["id"]
@@ -425,6 +428,7 @@ def main() -> None:
               "settings": {"questions": len(questions), "concurrency": args.concurrency,
                            "scenarios": args.scenarios,
                            "related": not args.no_related, "grounding": args.grounding,
+                           "serve_args": args.serve_args,
                            "engine_check": not args.no_engine_check},
               "goals": GOALS, "runs": runs}
     write_results(args.out, result, to_markdown(result))
