@@ -91,7 +91,7 @@ def _gold(gold: Sequence[str], anchor: bool) -> list[str]:
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCT = set(string.punctuation) | {"\u2018", "\u2019", "\u201c", "\u201d"}
-_CITATIONS = re.compile(r"\[{1,2}citation:\s*\d+\]{1,2}", re.IGNORECASE)
+_CITATIONS = re.compile(r"\[+citation:\s*\d+\]+", re.IGNORECASE)
 
 
 def normalize_answer(text: str) -> str:

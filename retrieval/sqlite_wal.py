@@ -13,11 +13,12 @@ from pathlib import Path
 __all__ = ["connect_wal"]
 
 
-def connect_wal(path: str | Path) -> sqlite3.Connection:
-    """Open (creating the folder) ``path``, or an in-memory database for ``:memory:``."""
+def connect_wal(path: str | Path, busy_timeout_s: float = 30.0) -> sqlite3.Connection:
+    """Open (creating the folder) ``path``, or an in-memory database for ``:memory:``.
+    ``busy_timeout_s``: how long a write waits for another process's lock."""
     if str(path) != ":memory:":
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-    db = sqlite3.connect(str(path), check_same_thread=False, timeout=30)
+    db = sqlite3.connect(str(path), check_same_thread=False, timeout=busy_timeout_s)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=NORMAL")
     return db

@@ -9,6 +9,7 @@ their own mappings, which disagreed.
     search_failed       502     no provider answered (the chain's reasons in the message)
     model_unavailable   503     the model is loading, failed to load, or is restarting
     model_crashed       503     the model's engine process died during this answer
+    model_busy          429     the model's queue is full (--max-queue); Retry-After
     model_timeout       504     no first token within first_token_timeout_s
     model_error         500     the model failed while answering
     store_failed        500     the answer was complete but could not be stored
@@ -21,21 +22,28 @@ from serving.errors import (
     EngineCrashedError,
     EngineError,
     EngineNotReadyError,
+    OverloadedError,
     ServingError,
     UpstreamError,
 )
 
-__all__ = ["ANSWER_ERROR_STATUS", "answer_error", "engine_error_code"]
+__all__ = ["ANSWER_ERROR_STATUS", "answer_error", "engine_error_code", "error_headers"]
 
 ANSWER_ERROR_STATUS: dict[str, int] = {
     "search_failed": 502,
     "model_unavailable": 503,
     "model_crashed": 503,
+    "model_busy": 429,
     "model_timeout": 504,
     "model_error": 500,
     "store_failed": 500,
     "internal_error": 500,
 }
+
+
+def error_headers(code: str) -> dict[str, str]:
+    """Retry-After for the codes a client should retry (busy, loading, restarting)."""
+    return {"Retry-After": "5"} if ANSWER_ERROR_STATUS.get(code) in (429, 503) else {}
 
 
 def engine_error_code(exc: ServingError) -> str:
@@ -44,6 +52,8 @@ def engine_error_code(exc: ServingError) -> str:
         return "model_crashed"
     if isinstance(exc, EngineNotReadyError):
         return "model_unavailable"
+    if isinstance(exc, OverloadedError):
+        return "model_busy"
     return "model_error"
 
 
@@ -54,6 +64,8 @@ def answer_error(code: str, message: str) -> ServingError:
         return EngineCrashedError(message)
     if status == 503:
         return EngineNotReadyError(message)
+    if status == 429:
+        return OverloadedError(message)
     if status in (502, 504):
         return UpstreamError(message, status=status)
     return EngineError(message)

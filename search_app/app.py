@@ -25,6 +25,7 @@ from retrieval.providers import FallbackSearch, build_chain
 from retrieval.ranking import Ranker
 from retrieval.reader import PageReader
 from search_app import routes
+from search_app.access import Access, AccessMiddleware, Sessions
 from search_app.calibration import calibrate_relevance
 from search_app.config import Settings
 from search_app.deps import AnswerServices, answer_services
@@ -36,11 +37,12 @@ from search_app.ratelimit import (
     RateLimitedError,
     RateLimiter,
     RateLimitMiddleware,
-    client_address,
+    client_key,
 )
 from search_app.store import Store
 from serving import api
 from serving.app import ServerOptions, background_lifespan, load_models, serving_state
+from serving.auth import KeyRing
 from serving.registry import ModelRegistry
 
 __all__ = ["build_answer_services", "create_app"]
@@ -65,14 +67,14 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.store = None
     app.state.answer = None
     app.state.answer_failure = None
-    serving_state(app, registry)
+    serving_state(app, registry, options)
     metrics = AnswerMetrics(app.state.serving_metrics.registry)
     app.state.answer_metrics = metrics
     limiter = RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
 
     def limit() -> None:
         try:
-            limiter.check(client_address.get())
+            limiter.check(client_key.get())
         except RateLimitedError:
             metrics.rate_limited.inc()
             raise
@@ -81,13 +83,31 @@ def create_app(settings: Settings) -> FastAPI:
         settings.answer_model, lambda: answer_services(app).pipeline,
         lambda: registry.default_engine.info.context_length, limit=limit)
     # Added before api.install, so it runs inside auth and CORS: an unauthenticated
-    # request costs no token, and a 429 still carries the CORS headers.
+    # request costs no token, limits count per key, and a 429 still carries CORS headers.
     app.add_middleware(RateLimitMiddleware, paths=_ANSWER_PATHS, limiter=limiter,
-                       on_limited=metrics.rate_limited.inc)
+                       on_limited=metrics.rate_limited.inc,
+                       max_streams=settings.max_streams_per_client)
+    app.state.access = _access(settings)
+    auth = None if app.state.access is None else (AccessMiddleware, {
+        "keys": app.state.access.keys, "sessions": app.state.access.sessions,
+        "protect_metrics": settings.protect_metrics,
+        "public_share_links": settings.public_share_links})
     api.install(app, api_keys=options.api_keys, cors_origins=options.cors_origins,
-                max_body_bytes=options.max_body_bytes)
+                max_body_bytes=options.max_body_bytes, auth=auth)
     app.include_router(routes.router)
     return app
+
+
+def _access(settings: Settings) -> Access | None:
+    """The lock on every face (search_app/access.py), or None when no key is set."""
+    keys = KeyRing(k.get_secret_value() for k in settings.api_keys)
+    if not keys:
+        return None
+    secret = settings.session_secret.get_secret_value() if settings.session_secret else None
+    return Access(keys=keys, sessions=Sessions.for_keys(keys, secret,
+                                                        settings.session_max_age_s),
+                  login_limiter=RateLimiter(settings.login_attempts_per_minute,
+                                            burst=5))
 
 
 async def _load(app: FastAPI, settings: Settings, options: ServerOptions,

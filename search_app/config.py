@@ -55,12 +55,28 @@ class Settings(BaseSettings):
         "info", description="Log level.")
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list,
-        description="Bearer keys required on /v1 (comma-separated in the environment; "
-                    "repeat --api-key). Empty: no auth.")
+        description="Keys required on every face that spends compute or provider keys "
+                    "(/api, /query, /searxng, /v1): API clients send `Authorization: "
+                    "Bearer`, browsers sign in at /login (comma-separated in the "
+                    "environment; repeat --api-key). Empty: no auth.")
+    session_secret: SecretStr | None = Field(
+        None, description="Signs browser sessions; default: derived from the API keys "
+                          "(new keys sign everybody out).")
+    session_max_age_s: int = Field(7 * 24 * 3600, ge=60,
+                                   description="Browser sessions expire after this long.")
+    protect_metrics: bool = Field(
+        False, description="With API keys, require one on /metrics too (/health stays "
+                           "open for load balancers).")
+    public_share_links: bool = Field(
+        True, description="With API keys, share links (/s/ID and GET /api/search/ID) "
+                          "still open without one.")
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Origins allowed by CORS (comma-separated).")
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024,
                                 description="Largest request body accepted (413 above).")
+    max_generation_s: float = Field(
+        600.0, ge=0, description="/v1 completions: a generation running longer ends with "
+                                 "finish_reason `length` (0: no cap).")
     data_dir: Path = Field(Path("data"), description="Where indexes, caches and the store live.")
     models_dir: Path | None = Field(
         None, description="Where `search-app models pull` puts models and --model NAME "
@@ -169,11 +185,17 @@ class Settings(BaseSettings):
         description="Model name of the answer engine on /v1/chat/completions and "
                     "/v1/models (beside the served model).")
     rate_limit_per_minute: float = Field(
-        60.0, ge=0, description="Answers per minute per client address on /api/search, "
-                                "/query and /v1/chat/completions (0: no limit).")
+        60.0, ge=0, description="Answers per minute per client (its API key, else its "
+                                "address) on /api/search, /query and the answer model on "
+                                "/v1/chat/completions (0: no limit).")
     rate_limit_burst: int = Field(
         20, ge=1, description="Answers a client may start at once before the per-minute "
                               "rate applies.")
+    max_streams_per_client: int = Field(
+        4, ge=0, description="Answers a client may have in progress at once on "
+                             "/api/search and /query (0: no cap).")
+    login_attempts_per_minute: float = Field(
+        10.0, gt=0, description="Sign-in attempts per minute per address at /login.")
 
     @field_validator("api_keys", "cors_origins", "fetch_allow", mode="before")
     @classmethod
@@ -269,4 +291,5 @@ class Settings(BaseSettings):
             embedding_model=self.embedding_model, embedding_device=self.device,
             api_keys=[k.get_secret_value() for k in self.api_keys],
             cors_origins=self.cors_origins, max_body_bytes=self.max_body_bytes,
+            max_generation_s=self.max_generation_s,
         )

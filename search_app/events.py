@@ -59,15 +59,18 @@ class SearchEvent(AnswerEvent):
 
 
 class StageEvent(AnswerEvent):
-    """Progress before the sources arrive: the stage that starts now. Not stored (a
-    replay has nothing to wait for)."""
+    """Progress: the stage that starts now (before the sources arrive, and a place in the
+    model's queue after them). Not stored (a replay has nothing to wait for)."""
 
     name: ClassVar[str] = "stage"
     stored: ClassVar[bool] = False
-    stage: Literal["read", "rank"] = Field(
+    stage: Literal["read", "rank", "queued"] = Field(
         description="read: fetching the result pages; rank: chunking and ranking passages "
-                    "(searching is announced by the search event).")
-    detail: str | None = Field(None, description="e.g. how many pages or documents.")
+                    "(searching is announced by the search event); queued: after the "
+                    "sources, the model is busy and this answer waits its turn (sent "
+                    "again when its place changes).")
+    detail: str | None = Field(None, description="e.g. how many pages or documents; for "
+                                                 "queued, \"N ahead\".")
 
 
 class Source(BaseModel):

@@ -68,7 +68,9 @@ __all__ = [
 RELEVANCE_THRESHOLD = 0.52
 SUPPORT_THRESHOLD = 0.55
 
-_CITATION = re.compile(r"\[{1,2}citation:\s*(\d+)\]{1,2}", re.IGNORECASE)
+# Any run of brackets: a model writes "[[citation:1]]", "[citation: 1]" and now and
+# then "[[[citation:1]"; each is one marker (a stray bracket left behind would show).
+_CITATION = re.compile(r"\[+citation:\s*(\d+)\]+", re.IGNORECASE)
 _SENTENCES = re.compile(r"(?<=[.!?])\s+(?=\S)")
 # A sentence ends at . ! ? (plus citations and closing quotes/brackets right after it)
 # followed by whitespace and a new non-citation start, or at a line break.
@@ -123,7 +125,7 @@ class SentenceSplitter:
 # A citation marker still being written at the end of the text: "[", "[[cita",
 # "[citation: 1", "[citation:12]" (a second "]" may follow).
 _PARTIAL_CITATION = re.compile(
-    r"\[{1,2}(?:c(?:i(?:t(?:a(?:t(?:i(?:o(?:n(?::\s*\d*\]?)?)?)?)?)?)?)?)?)?$", re.IGNORECASE)
+    r"\[+(?:c(?:i(?:t(?:a(?:t(?:i(?:o(?:n(?::\s*\d*\]?)?)?)?)?)?)?)?)?)?$", re.IGNORECASE)
 
 
 def _partial_citation_start(text: str) -> int:
@@ -131,7 +133,7 @@ def _partial_citation_start(text: str) -> int:
     i = text.rfind("[")
     if i < 0:
         return len(text)
-    if i > 0 and text[i - 1] == "[":
+    while i > 0 and text[i - 1] == "[":
         i -= 1
     return i if _PARTIAL_CITATION.match(text, i) else len(text)
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -139,7 +140,7 @@ class AnswerPipeline:
                         await self.store.asave_answer(_record(req, [*recorded, event]))
                     except Exception as exc:  # complete, but say why it is not saved
                         log.exception("storing answer %s failed", req.search_id)
-                        event = ErrorEvent(code="store_failed", message=type(exc).__name__)
+                        event = ErrorEvent(code="store_failed", message=_store_failure(exc))
                 if event.stored:
                     recorded.append(event)
                 if self.metrics is not None:
@@ -161,6 +162,8 @@ class AnswerPipeline:
             yield ErrorEvent(code="search_failed", message=exc.message)
             return
         search_ms = _ms(t0)
+        fallbacks += [f"search: {a.provider} {a.status}: {a.reason}"  # why it handed over
+                      for a in found.attempts if a.status not in ("ok", "empty")]
         # 2. Read pages (web providers only: local results already carry the full text).
         t0 = time.perf_counter()
         if req.read_pages and self.reader is not None and found.provider != "local":
@@ -192,6 +195,9 @@ class AnswerPipeline:
                 await _pack(engine, req, passages, opts) if relevant else ([], 0, [], {}))
         except ServingError as exc:
             yield ErrorEvent(code=engine_error_code(exc), message=exc.message)
+            return
+        if packed and (busy := _busy(engine)):  # refuse at once, before any output
+            yield ErrorEvent(code="model_busy", message=busy)
             return
         sources = _sources(origin, docs, opts.snippet_chars, packed)
         yield SourcesEvent(sources=sources, provider=found.provider, relevant=relevant)
@@ -258,7 +264,7 @@ class AnswerPipeline:
     async def _write(self, engine: Engine, request: GenerationRequest,
                      packed: list[Passage], question: str, n_sources: int,
                      out: _Written, on_sentence: Callable[[], None]
-                     ) -> AsyncIterator[DeltaEvent]:
+                     ) -> AsyncIterator[DeltaEvent | StageEvent]:
         """Generate the answer and send what the grounding policy lets through.
 
         ``mark``: text goes out as the model writes it; only what a sentence's check may
@@ -287,9 +293,22 @@ class AnswerPipeline:
             return rest
 
         async with contextlib.aclosing(engine.generate(request)) as stream:
+            first: asyncio.Future[GenerationChunk | None] | None = asyncio.ensure_future(
+                anext(stream, None))
+            try:  # the first token: a queued request hears its place, not a timeout
+                async for stage in _await_first(engine, request.request_id, first, opts):
+                    yield stage
+            finally:
+                if not first.done():  # timed out or closed: stop the engine's stream
+                    first.cancel()
+                    with contextlib.suppress(BaseException):
+                        await first
             while True:
                 try:
-                    chunk = await _next(stream, t_gen, out.ttft_ms, opts)
+                    if first is not None:
+                        chunk, first = first.result(), None
+                    else:
+                        chunk = await _next(stream, t_gen, out.ttft_ms, opts)
                 except TimeoutError:  # past the answer budget: keep what we have
                     out.finish = "timeout"
                     out.fallbacks.append(f"answer: stopped at {opts.answer_timeout_s:g} s")
@@ -374,8 +393,56 @@ def _record(req: AnswerRequest, events: list[AnswerEvent]) -> AnswerRecord:
         events=[e.record() for e in events], created=time.time())
 
 
+def _store_failure(exc: Exception) -> str:
+    """What a user can act on, without paths or SQL: the database's own short reason
+    for the failures an operator can fix (locked, full, read-only), else the type."""
+    reason = str(exc).split(":")[0].strip() if isinstance(exc, sqlite3.Error) else ""
+    known = ("database is locked", "database or disk is full",
+             "attempt to write a readonly database", "disk I/O error")
+    detail = reason if reason in known else type(exc).__name__
+    return f"The answer was complete but could not be stored ({detail}); it is not saved."
+
+
 class _FirstTokenTimeout(Exception):
     """The model did not start answering within its budget."""
+
+
+def _busy(engine: Engine) -> str | None:
+    """Why the engine cannot take one more request now (its queue is full), else None.
+    Checked before the sources go out, so that every face can still answer 429; the
+    engine's own check at submission remains the authority (a race ends the same way,
+    as a model_busy error event)."""
+    limit, load = engine.info.max_sequences, engine.load
+    if limit is None or load.running + load.waiting < limit:
+        return None
+    return (f"The model is busy ({load.running} running, {load.waiting} waiting); retry "
+            "in a few seconds.")
+
+
+QUEUE_POLL_S = 0.5  # how often a request waiting for its first token checks its place
+
+
+async def _await_first(engine: Engine, request_id: str,
+                       first: asyncio.Future[GenerationChunk | None],
+                       opts: PipelineOptions) -> AsyncIterator[StageEvent]:
+    """Wait for the first chunk. While the engine holds the request in its queue, the
+    client is told its place ("queued", N ahead) and the first-token budget does not
+    run: it starts when the request leaves the queue, so a request that only waited its
+    turn never ends in ``model_timeout``. (The queue is bounded, ``--max-queue``; past
+    it the engine refuses at once, ``model_busy``.)"""
+    budget_from, told = time.perf_counter(), None
+    while True:
+        done, _ = await asyncio.wait({first}, timeout=QUEUE_POLL_S)
+        if done:
+            return
+        position = engine.queue_position(request_id)
+        if position is not None:
+            budget_from = time.perf_counter()
+            if position != told:
+                told = position
+                yield StageEvent(stage="queued", detail=f"{position} ahead")
+        elif time.perf_counter() - budget_from > opts.first_token_timeout_s:
+            raise _FirstTokenTimeout
 
 
 def rewrite_query(question: str, history: Sequence[tuple[str, str]]) -> str:

@@ -1,11 +1,15 @@
-"""Per-client rate limiting of the endpoints that start an answer.
+"""Per-client rate limiting of the endpoints that start an answer, and a cap on the
+answers a client streams at once.
 
-Why a token bucket per client address: an answer costs seconds of model time, so one
-client must not be able to queue hundreds; a bucket lets a person ask a few questions in
-a row (the burst) and then refills at the configured rate. The key is the client address
-as uvicorn reports it (behind a reverse proxy, uvicorn's ``--forwarded-allow-ips`` makes
-that the real client from ``X-Forwarded-For``), not the self-declared ``X-Client-Id``,
-which a client could rotate. Buckets live in memory (one process; several replicas
+Why a token bucket per client: an answer costs seconds of model time, so one client
+must not be able to queue hundreds; a bucket lets a person ask a few questions in a row
+(the burst) and then refills at the configured rate. The client is the API key (or the
+session made with it, see search_app/access.py) when the app has keys, else the client
+address as uvicorn reports it (behind a reverse proxy, uvicorn's
+``--forwarded-allow-ips`` makes that the real client from ``X-Forwarded-For``); never
+the self-declared ``X-Client-Id``, which a client could rotate. The stream cap counts
+answers in progress, so a client cannot hold every model slot with long answers while
+staying under the rate. Buckets live in memory (one process; several replicas
 would share Redis instead, see docs/deployment.md) and the least recently seen are
 dropped beyond ``max_clients``, so memory stays bounded.
 """
@@ -18,24 +22,23 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from contextvars import ContextVar
 
-from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from serving.api import error_response
 from serving.errors import OverloadedError
 
-__all__ = ["RateLimitedError", "RateLimiter", "RateLimitMiddleware", "client_address"]
+__all__ = ["RateLimitedError", "RateLimiter", "RateLimitMiddleware", "client_key"]
 
-# The address of the client of the request being handled (set by the middleware), for
-# limits checked deeper down: the answer model on /v1/chat/completions is only known
-# once the body is parsed.
-client_address: ContextVar[str] = ContextVar("client_address", default="unknown")
+# Who is asking (key name or address, set by the middleware), for limits checked deeper
+# down: the answer model on /v1/chat/completions is only known once the body is parsed.
+client_key: ContextVar[str] = ContextVar("client_key", default="unknown")
 
 
 class RateLimitedError(OverloadedError):
-    def __init__(self, wait_s: float) -> None:
+    def __init__(self, wait_s: float, message: str | None = None) -> None:
         self.retry_after = max(1, math.ceil(wait_s))
-        super().__init__(f"Too many requests from this client; retry in "
-                         f"{self.retry_after} s.")
+        super().__init__(message or f"Too many requests from this client; retry in "
+                                    f"{self.retry_after} s.")
 
 
 class RateLimiter:
@@ -76,34 +79,54 @@ class RateLimiter:
 
 
 class RateLimitMiddleware:
-    """429 with Retry-After, as a JSON error, for POSTs to the given paths; records the
-    client address of every request in :data:`client_address`."""
+    """429 with Retry-After, as a JSON error, for POSTs to the given paths (over the
+    rate, or ``max_streams`` answers already in progress for this client); records the
+    client of every request in :data:`client_key`."""
 
     def __init__(self, app: ASGIApp, limiter: RateLimiter, paths: Iterable[str],
-                 on_limited: Callable[[], None] | None = None) -> None:
+                 on_limited: Callable[[], None] | None = None, max_streams: int = 0) -> None:
         self.app = app
         self.limiter = limiter
         self.paths = frozenset(paths)
         self.on_limited = on_limited
+        self.max_streams = max_streams
+        self._streams: dict[str, int] = {}
+
+    def _refuse(self, key: str) -> RateLimitedError | None:
+        if self.max_streams and self._streams.get(key, 0) >= self.max_streams:
+            return RateLimitedError(5, f"This client already has {self.max_streams} "
+                                       "answers in progress; retry when one finishes.")
+        try:
+            self.limiter.check(key)
+        except RateLimitedError as exc:
+            return exc
+        return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         client = scope.get("client")
-        address = client[0] if client else "unknown"
-        token = client_address.set(address)
+        key = scope.get("state", {}).get("principal") or (client[0] if client else "unknown")
+        token = client_key.set(key)
         try:
-            if scope["method"] == "POST" and scope["path"] in self.paths:
-                try:
-                    self.limiter.check(address)
-                except RateLimitedError as exc:
-                    if self.on_limited is not None:
-                        self.on_limited()
-                    response = JSONResponse(exc.to_dict(), status_code=429, headers={
-                        "Retry-After": str(exc.retry_after)})
-                    await response(scope, receive, send)
-                    return
-            await self.app(scope, receive, send)
+            if scope["method"] != "POST" or scope["path"] not in self.paths:
+                await self.app(scope, receive, send)
+                return
+            refused = self._refuse(key)
+            if refused is not None:
+                if self.on_limited is not None:
+                    self.on_limited()
+                response = error_response(429, refused.to_dict(), headers={
+                    "Retry-After": str(refused.retry_after)})
+                await response(scope, receive, send)
+                return
+            self._streams[key] = self._streams.get(key, 0) + 1
+            try:  # the whole response, streaming included
+                await self.app(scope, receive, send)
+            finally:
+                left = self._streams.pop(key) - 1
+                if left:
+                    self._streams[key] = left
         finally:
-            client_address.reset(token)
+            client_key.reset(token)

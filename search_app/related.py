@@ -38,8 +38,17 @@ def parse_candidates(text: str) -> list[str]:
         data = json.loads(text)
         items = data.get("questions", []) if isinstance(data, dict) else []
     except ValueError:
-        items = [json.loads(f'"{m}"') for m in _STRING.findall(text)]
+        items = [q for q in map(_json_string, _STRING.findall(text)) if q is not None]
     return [q for q in items if isinstance(q, str)]
+
+
+def _json_string(body: str) -> str | None:
+    """A JSON string literal's value; None for one that is not valid JSON (a raw
+    control character, a broken escape), which is skipped, not an error."""
+    try:
+        return json.loads(f'"{body}"')
+    except ValueError:
+        return None
 
 
 def pick_related(candidates: Iterable[str], question: str, evidence: str,

@@ -64,11 +64,16 @@ class AnswerRecord:
         }
 
 
+# A user waits for the save before `done`: another process holding the database (a
+# backup, a stray sqlite3 shell) costs at most this long, then a store_failed error.
+BUSY_TIMEOUT_S = 5.0
+
+
 class Store:
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, busy_timeout_s: float = BUSY_TIMEOUT_S) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
-        self._db = connect_wal(path)
+        self._db = connect_wal(path, busy_timeout_s)
         self._db.executescript(_SCHEMA)
 
     def close(self) -> None:

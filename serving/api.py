@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
-import hmac
+import contextlib
+import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Iterable
 from typing import Annotated, Any, TypeVar
@@ -22,6 +22,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from serving.auth import KeyRing, bearer_token
 from serving.errors import (
     AuthenticationError,
     BadRequestError,
@@ -46,15 +47,13 @@ from serving.protocol import (
 )
 from serving.registry import ModelRegistry
 
-__all__ = ["ApiKeyMiddleware", "BodySizeLimitMiddleware", "install", "router"]
+__all__ = ["ApiKeyMiddleware", "BodySizeLimitMiddleware", "error_response", "install",
+           "router", "truthful_openapi", "unauthorized"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 429, 500, 503)
-}
-router = APIRouter(responses=_ERRORS)
+router = APIRouter()  # error responses are documented by truthful_openapi
 
 
 def _registry(request: Request) -> ModelRegistry:
@@ -74,8 +73,11 @@ ServingDep = Annotated[OpenAIServing, Depends(_serving)]
 MetricsDep = Annotated[ServingMetrics, Depends(_metrics)]
 
 
-async def _until_disconnect(request: Request, work: Awaitable[T]) -> T:
-    """Run ``work`` but cancel it when the client goes away (it aborts in the engine)."""
+async def _until_disconnect(request: Request, work: Awaitable[T]) -> T | None:
+    """Run ``work`` but cancel it when the client goes away (it aborts in the engine).
+
+    None when the client left: nothing is sent and nothing is logged as an error (an
+    exception here would reach the ASGI server as a traceback at ERROR level)."""
     task = asyncio.ensure_future(work)
 
     async def watch() -> None:
@@ -90,7 +92,11 @@ async def _until_disconnect(request: Request, work: Awaitable[T]) -> T:
         if task in done:
             return task.result()
         task.cancel()
-        raise asyncio.CancelledError("client disconnected")
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task  # let the engine abort before the request ends
+        log.debug("%s %s: the client disconnected; generation aborted", request.method,
+                  request.url.path)
+        return None
     finally:
         watcher.cancel()
         if not task.done():
@@ -98,6 +104,9 @@ async def _until_disconnect(request: Request, work: Awaitable[T]) -> T:
 
 
 def _send(result: Any, metrics: ServingMetrics, endpoint: str) -> Response:
+    if result is None:  # the client disconnected: nobody reads this (nginx's 499)
+        metrics.requests.labels(endpoint, "disconnected").inc()
+        return Response(status_code=499)
     if isinstance(result, AsyncIterator):
         async def counted() -> AsyncIterator[str]:
             status = "error"
@@ -185,8 +194,19 @@ async def metrics_endpoint(metrics: MetricsDep) -> Response:
 
 # --- errors ---------------------------------------------------------------------------
 
-def _error_response(status: int, body: dict[str, Any]) -> JSONResponse:
-    return JSONResponse(body, status_code=status)
+class SafeJSONResponse(JSONResponse):
+    """JSON with non-ASCII escaped: an error that quotes what the client sent (a lone
+    UTF-16 surrogate included) can always be encoded, so the error handler itself never
+    fails with a 500."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False,
+                          separators=(",", ":")).encode("ascii")
+
+
+def error_response(status: int, body: dict[str, Any],
+                   headers: dict[str, str] | None = None) -> JSONResponse:
+    return SafeJSONResponse(body, status_code=status, headers=headers)
 
 
 async def _serving_error(request: Request, exc: Exception) -> JSONResponse:
@@ -200,7 +220,7 @@ async def _serving_error(request: Request, exc: Exception) -> JSONResponse:
                                 str(exc.status_code)).inc()
     headers = ({"Retry-After": str(exc.retry_after or 1)} if exc.status_code in (429, 503)
                else None)
-    response = _error_response(exc.status_code, exc.to_dict())
+    response = error_response(exc.status_code, exc.to_dict())
     if headers:
         response.headers.update(headers)
     return response
@@ -224,54 +244,53 @@ def _describe(errors: Iterable[dict[str, Any]]) -> tuple[str, str | None]:
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     message, param = _describe(exc.errors())
-    return _error_response(400, error_body(message, "invalid_request_error", 400, param))
+    return error_response(400, error_body(message, "invalid_request_error", 400, param))
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    kind = {401: "authentication_error", 404: "not_found_error",
-            405: "invalid_request_error"}.get(exc.status_code, "invalid_request_error")
-    return _error_response(exc.status_code, error_body(str(exc.detail), kind, exc.status_code))
+    kind = {401: "authentication_error", 403: "permission_error",
+            404: "not_found_error"}.get(exc.status_code, "invalid_request_error")
+    # Its headers go along: a 405's Allow, a 401's WWW-Authenticate.
+    return error_response(exc.status_code, error_body(str(exc.detail), kind, exc.status_code),
+                          headers=dict(exc.headers) if exc.headers else None)
 
 
 # --- middleware -----------------------------------------------------------------------
 
 class ApiKeyMiddleware:
-    """Bearer keys on /v1 paths; keys kept only as SHA-256 digests, compared in constant time.
+    """Bearer keys on /v1 paths (the model server's whole face); see serving/auth.py.
 
-    Health and metrics stay open (as in vLLM) for load balancers and Prometheus.
+    Health and metrics stay open (as in vLLM) for load balancers and Prometheus. The
+    search app replaces this with its own lock (search_app/access.py), which also covers
+    its answer endpoints and the browser's session cookie.
     """
 
     def __init__(self, app: ASGIApp, api_keys: Iterable[str], protected_prefixes:
                  tuple[str, ...] = ("/v1",)) -> None:
         self.app = app
-        self._digests = [hashlib.sha256(k.encode()).digest() for k in api_keys if k]
+        self._keys = KeyRing(api_keys)
         self._prefixes = protected_prefixes
 
-    def _authorized(self, header: str | None) -> bool:
-        if not header or not header.lower().startswith("bearer "):
-            return False
-        digest = hashlib.sha256(header[7:].strip().encode()).digest()
-        ok = False
-        for expected in self._digests:  # no early exit: time does not tell which key
-            ok |= hmac.compare_digest(digest, expected)
-        return ok
-
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (scope["type"] != "http" or not self._digests or scope["method"] == "OPTIONS"
+        if (scope["type"] != "http" or not self._keys or scope["method"] == "OPTIONS"
                 or not scope["path"].startswith(self._prefixes)):
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1")
                    for k, v in scope.get("headers", [])}
-        if self._authorized(headers.get("authorization")):
+        if self._keys.match(bearer_token(headers.get("authorization"))):
             await self.app(scope, receive, send)
             return
-        err = AuthenticationError("Invalid or missing API key. Send it as "
-                                  "`Authorization: Bearer <key>`.")
-        response = _error_response(401, err.to_dict())
-        response.headers["WWW-Authenticate"] = "Bearer"
-        await response(scope, receive, send)
+        await unauthorized()(scope, receive, send)
+
+
+def unauthorized(message: str = "Invalid or missing API key. Send it as "
+                                "`Authorization: Bearer <key>`.") -> Response:
+    """The 401 every lock answers: OpenAI's error shape and a Bearer challenge."""
+    response = error_response(401, AuthenticationError(message).to_dict())
+    response.headers["WWW-Authenticate"] = "Bearer"
+    return response
 
 
 class BodySizeLimitMiddleware:
@@ -285,11 +304,10 @@ class BodySizeLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        too_large = PayloadTooLargeError(
-            f"The request body is larger than the limit of {self.max_bytes} bytes.")
+        too_large = PayloadTooLargeError(_too_large_message(self.max_bytes))
         for key, value in scope.get("headers", []):
             if key == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
-                await _error_response(413, too_large.to_dict())(scope, receive, send)
+                await error_response(413, too_large.to_dict())(scope, receive, send)
                 return
         seen = 0
         started = False
@@ -300,7 +318,7 @@ class BodySizeLimitMiddleware:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
-                    raise _BodyTooLarge
+                    raise _BodyTooLarge(self.max_bytes)
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -313,27 +331,92 @@ class BodySizeLimitMiddleware:
             await self.app(scope, limited_receive, tracking_send)
         except _BodyTooLarge:
             if not started:
-                await _error_response(413, too_large.to_dict())(scope, receive, send)
+                await error_response(413, too_large.to_dict())(scope, receive, send)
 
 
-class _BodyTooLarge(Exception):
-    pass
+def _too_large_message(max_bytes: int) -> str:
+    return f"The request body is larger than the limit of {max_bytes} bytes."
+
+
+class _BodyTooLarge(StarletteHTTPException):
+    """Raised while reading a body without Content-Length (chunked) once it passes the
+    limit. An HTTPException so that FastAPI's body parsing passes it on as it is,
+    instead of turning every read error into 400 "error parsing the body"."""
+
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(413, _too_large_message(max_bytes))
+
+
+_ERROR_DESCRIPTIONS = {
+    400: "Invalid request (FastAPI's 422 validation errors are answered as 400).",
+    401: "Missing or invalid API key (only when the server has keys).",
+    403: "A session-cookie request without its CSRF token (search app with keys).",
+    404: "Unknown model, answer or thread.",
+    413: "Request body over the size limit.",
+    429: "Rate limited or queue full; see Retry-After.",
+    500: "Internal error.",
+    502: "Every search provider failed, or the upstream model server did.",
+    503: "The model is loading, failed, or its engine is restarting; see Retry-After.",
+    504: "No first token in time, or the upstream model server timed out.",
+}
+
+
+def truthful_openapi(app: FastAPI) -> None:
+    """Make /openapi.json list the errors the app really answers, in the shape it
+    answers them: no 422 (validation errors are 400s in OpenAI's shape), and every
+    operation's error statuses, so a client generated from the schema handles them."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = generate()
+        ref = {"$ref": "#/components/schemas/ErrorResponse"}
+        schema.setdefault("components", {}).setdefault("schemas", {}).setdefault(
+            "ErrorResponse", ErrorResponse.model_json_schema(
+                ref_template="#/components/schemas/{model}"))
+        for sub in ErrorResponse.model_json_schema(
+                ref_template="#/components/schemas/{model}").get("$defs", {}).items():
+            schema["components"]["schemas"].setdefault(*sub)
+        for path, operations in schema.get("paths", {}).items():
+            for method, op in operations.items():
+                responses = op.setdefault("responses", {})
+                responses.pop("422", None)
+                codes = [503] if path == "/health" else [401] if path == "/metrics" else [
+                    c for c in _ERROR_DESCRIPTIONS
+                    if c not in (403, 413) or method in ("post", "put", "patch", "delete")]
+                for code in codes:
+                    responses.setdefault(str(code), {
+                        "description": _ERROR_DESCRIPTIONS[code],
+                        "content": {"application/json": {"schema": ref}}})
+        for unused in ("HTTPValidationError", "ValidationError"):
+            schema["components"]["schemas"].pop(unused, None)
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def install(app: FastAPI, *, api_keys: Iterable[str] = (), cors_origins: Iterable[str] = (),
-            max_body_bytes: int = 8 * 1024 * 1024) -> None:
+            max_body_bytes: int = 8 * 1024 * 1024,
+            auth: tuple[type, dict[str, Any]] | None = None) -> None:
     """Add the OpenAI routes, error handlers and middleware to ``app``.
 
     The app must set ``state.registry``, ``state.openai_serving`` and
-    ``state.serving_metrics`` (see :func:`serving.app.serving_state`).
+    ``state.serving_metrics`` (see :func:`serving.app.serving_state`). ``auth`` is a
+    middleware class and its arguments that replace the /v1 key check (the search app
+    locks more doors); it sits inside CORS, so a 401 carries CORS headers.
     """
     app.include_router(router)
+    truthful_openapi(app)
     app.add_exception_handler(ServingError, _serving_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=max_body_bytes)
     keys = [k for k in api_keys if k]
-    if keys:
+    if auth is not None:
+        app.add_middleware(auth[0], **auth[1])
+    elif keys:
         app.add_middleware(ApiKeyMiddleware, api_keys=keys)
     origins = list(cors_origins)
     if origins:

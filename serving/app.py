@@ -37,14 +37,18 @@ class ServerOptions(BaseModel):
     api_keys: list[str] = Field(default_factory=list, repr=False)
     cors_origins: list[str] = Field(default_factory=list)
     max_body_bytes: int = 8 * 1024 * 1024
+    max_generation_s: float = Field(600.0, ge=0)
 
 
-def serving_state(app: FastAPI, registry: ModelRegistry) -> None:
+def serving_state(app: FastAPI, registry: ModelRegistry,
+                  options: ServerOptions | None = None) -> None:
     """Attach the registry, handlers and metrics that :mod:`serving.api` routes use."""
+    options = options or ServerOptions()
     metrics = ServingMetrics(lambda: {name: e.load for name, e in registry.engines.items()})
     app.state.registry = registry
     app.state.serving_metrics = metrics
-    app.state.openai_serving = OpenAIServing(registry, metrics)
+    app.state.openai_serving = OpenAIServing(registry, metrics,
+                                             max_generation_s=options.max_generation_s)
 
 
 async def load_models(registry: ModelRegistry, options: ServerOptions,
@@ -116,7 +120,7 @@ def create_app(options: ServerOptions) -> FastAPI:
         description="OpenAI-compatible inference (vLLM, llama.cpp or an upstream server).",
         lifespan=background_lifespan(lambda stack: load_models(registry, options, stack)),
     )
-    serving_state(app, registry)
+    serving_state(app, registry, options)
     api.install(app, api_keys=options.api_keys, cors_origins=options.cors_origins,
                 max_body_bytes=options.max_body_bytes)
     return app

@@ -8,6 +8,7 @@ engines must not know about HTTP. Engines raise these exceptions; the API maps t
     ├── BadRequestError               400 invalid_request_error
     │   └── ContextLengthError        400 invalid_request_error (param "messages"/"prompt")
     ├── AuthenticationError           401 authentication_error
+    ├── PermissionDeniedError         403 permission_error (e.g. a missing CSRF token)
     ├── ModelNotFoundError            404 not_found_error  (param "model")
     ├── PayloadTooLargeError          413 invalid_request_error
     ├── OverloadedError               429 rate_limit_error
@@ -29,6 +30,7 @@ __all__ = [
     "BadRequestError",
     "ContextLengthError",
     "AuthenticationError",
+    "PermissionDeniedError",
     "ModelNotFoundError",
     "PayloadTooLargeError",
     "OverloadedError",
@@ -85,6 +87,11 @@ class ContextLengthError(BadRequestError):
 class AuthenticationError(ServingError):
     status_code = 401
     error_type = "authentication_error"
+
+
+class PermissionDeniedError(ServingError):
+    status_code = 403
+    error_type = "permission_error"
 
 
 class ModelNotFoundError(ServingError):
@@ -185,6 +192,6 @@ _WIRE_EXTRA = ("prompt_tokens", "context_length")
 _WIRE_CLASSES: dict[str, type[ServingError]] = {
     cls.__name__: cls for cls in (
         ServingError, BadRequestError, ContextLengthError, AuthenticationError,
-        ModelNotFoundError, PayloadTooLargeError, OverloadedError, EngineError,
-        EngineNotReadyError, EngineCrashedError, UpstreamError)
+        PermissionDeniedError, ModelNotFoundError, PayloadTooLargeError, OverloadedError,
+        EngineError, EngineNotReadyError, EngineCrashedError, UpstreamError)
 }

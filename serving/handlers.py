@@ -164,15 +164,60 @@ async def _merge(choices: list[_Choice]) -> AsyncIterator[tuple[_Choice, Generat
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+async def _check_fits(engine: Engine, requests: list[GenerationRequest], n: int) -> None:
+    """Refuse what can never run before anything starts: more sequences than the engine
+    holds (a 400: waiting would not help), or any prompt of a batch that is too long
+    (without this, the error would come only after the other prompts' first tokens)."""
+    limit = engine.info.max_sequences
+    if limit is not None and len(requests) > limit:
+        raise BadRequestError(
+            f"This request needs {len(requests)} sequences ({len(requests) // n} "
+            f"prompt(s) x n={n}), more than this server holds at once ({limit}, running "
+            "and queued). Send fewer prompts or a smaller n.", param="n" if n > 1 else
+            "prompt")
+    distinct = requests[::n]  # n choices of a prompt share it
+    if len(distinct) < 2:
+        return  # one prompt: the engine's own check answers as early
+    for request in distinct:
+        text = request.prompt if request.prompt is not None else "\n".join(
+            str(m.get("content") or "") for m in request.messages or [])
+        engine.completion_budget(await engine.count_tokens(text), request.sampling,
+                                 "prompt" if request.prompt is not None else "messages")
+
+
+async def _time_capped(stream: AsyncIterator[GenerationChunk], seconds: float,
+                       request_id: str) -> AsyncIterator[GenerationChunk]:
+    """End a generation that runs past ``seconds`` as if it had reached max_tokens
+    (finish_reason ``length``): without a cap, ``max_tokens: null`` holds a slot for the
+    whole context, minutes on a CPU. Closing the engine's stream aborts it there."""
+    deadline = time.monotonic() + seconds
+    async with contextlib.aclosing(stream):  # type: ignore[type-var]
+        async for chunk in stream:
+            if chunk.finish_reason is None and time.monotonic() > deadline:
+                log.warning("%s: generation stopped at the %.0f s cap (%d tokens)",
+                            request_id, seconds, chunk.completion_tokens)
+                yield GenerationChunk(chunk.text, chunk.prompt_tokens,
+                                      chunk.completion_tokens, "length")
+                return
+            yield chunk
+
+
 class OpenAIServing:
-    def __init__(self, registry: ModelRegistry, metrics: ServingMetrics) -> None:
+    def __init__(self, registry: ModelRegistry, metrics: ServingMetrics, *,
+                 max_generation_s: float = 0.0) -> None:
         self.registry = registry
         self.metrics = metrics
+        self.max_generation_s = max_generation_s  # 0: no cap
 
     def _start(self, engine: Engine, model: str, requests: list[GenerationRequest]
                ) -> list[_Choice]:
-        return [_Choice(i, self.metrics.track(model, engine.generate(r)))
-                for i, r in enumerate(requests)]
+        def stream(r: GenerationRequest) -> AsyncIterator[GenerationChunk]:
+            chunks = engine.generate(r)
+            if self.max_generation_s > 0:
+                chunks = _time_capped(chunks, self.max_generation_s, r.request_id)
+            return self.metrics.track(model, chunks)
+
+        return [_Choice(i, stream(r)) for i, r in enumerate(requests)]
 
     async def chat(self, req: ChatCompletionRequest
                    ) -> ChatCompletionResponse | AsyncIterator[str]:
@@ -190,6 +235,7 @@ class OpenAIServing:
                               messages=messages)
             for i in range(req.n)
         ]
+        await _check_fits(engine, gen_requests, req.n)
         choices = self._start(engine, req.model, gen_requests)
         await _prime(choices)
         created = int(time.time())
@@ -244,6 +290,7 @@ class OpenAIServing:
                               prompt=prompt)
             for p, prompt in enumerate(req.prompts) for i in range(req.n)
         ]
+        await _check_fits(engine, gen_requests, req.n)
         choices = self._start(engine, req.model, gen_requests)
         await _prime(choices)
         created = int(time.time())

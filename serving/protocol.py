@@ -33,6 +33,7 @@ __all__ = [
     "UNSUPPORTED_FIELDS",
     "Usage",
     "new_id",
+    "reject_surrogates",
 ]
 
 MAX_N = 16
@@ -56,8 +57,46 @@ def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex}"
 
 
+def _surrogate_at(value: Any, where: str = "") -> str | None:
+    """Where in a parsed JSON value a string holds an unpaired UTF-16 surrogate."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return where or "body"
+        return None
+    if isinstance(value, dict):
+        items: Any = value.items()
+    elif isinstance(value, list):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        found = (_surrogate_at(key, where or "body") if isinstance(key, str) else None) \
+            or _surrogate_at(item, f"{where}.{key}" if where else str(key))
+        if found:
+            return found
+    return None
+
+
+def reject_surrogates(data: Any) -> Any:
+    """A ``mode="before"`` model validator for request bodies: JSON may spell a lone
+    surrogate (``"\\ud800"``), Python parses it, and it then breaks the tokenizer, the
+    database and the error page; refuse it at the edge with a 400 that says where."""
+    where = _surrogate_at(data)
+    if where is not None:
+        raise ValueError(f"{where} contains an unpaired UTF-16 surrogate, which is not "
+                         "valid Unicode text")
+    return data
+
+
 class _Request(BaseModel):
     model_config = ConfigDict(extra="allow")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unicode_only(cls, data: Any) -> Any:
+        return reject_surrogates(data)
 
     @model_validator(mode="after")
     def _refuse_unsupported(self) -> _Request:

@@ -2,7 +2,7 @@
 
 from fastapi import APIRouter
 
-from search_app.routes import info, lepton, search, searxng, ui
+from search_app.routes import info, lepton, login, search, searxng, ui
 
 __all__ = ["router"]
 
@@ -11,4 +11,5 @@ router.include_router(search.router)
 router.include_router(lepton.router)
 router.include_router(searxng.router)
 router.include_router(info.router)
+router.include_router(login.router)
 router.include_router(ui.router)

@@ -13,12 +13,13 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi import APIRouter
-from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel
+from fastapi.responses import Response, StreamingResponse
+from pydantic import BaseModel, model_validator
 
-from search_app.answer_errors import ANSWER_ERROR_STATUS
+from search_app.answer_errors import ANSWER_ERROR_STATUS, error_headers
 from search_app.deps import PipelineDep, StoreDep
 from search_app.events import (
     AnswerEvent,
@@ -31,9 +32,11 @@ from search_app.events import (
     StageEvent,
 )
 from search_app.pipeline import AnswerRequest
+from serving.api import error_response
 from serving.errors import BadRequestError, error_body
+from serving.protocol import reject_surrogates
 
-__all__ = ["LeptonQuery", "router"]
+__all__ = ["LeptonQuery", "MarkerGuard", "router"]
 
 router = APIRouter(tags=["lepton"])
 
@@ -46,6 +49,11 @@ class LeptonQuery(BaseModel):
     query: str
     search_uuid: str
     generate_related_questions: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unicode_only(cls, data: Any) -> Any:
+        return reject_surrogates(data)
 
 
 @router.post("/query", response_class=StreamingResponse,
@@ -77,26 +85,67 @@ async def query(body: LeptonQuery, pipeline: PipelineDep, store: StoreDep) -> Re
         code = first.code if first else "internal_error"
         message = first.message if first else "The pipeline ended without an answer."
         status = ANSWER_ERROR_STATUS.get(code, 500)
-        return JSONResponse(error_body(message, code, status), status_code=status)
+        return error_response(status, error_body(message, code, status),
+                              headers=error_headers(code))
 
     async def text() -> AsyncIterator[str]:
         parts: list[str] = []
         finished = False
+        guard = MarkerGuard()
         async with contextlib.aclosing(stream):
             event: AnswerEvent | None = first
             while event is not None and not isinstance(event, ErrorEvent):
                 if isinstance(event, DoneEvent):
                     finished = True
                     break
-                piece = _translate(event, body.generate_related_questions)
+                if isinstance(event, DeltaEvent):
+                    piece = guard.feed(event.text)
+                else:  # only events with a place in the protocol end the answer text
+                    piece = _translate(event, body.generate_related_questions)
+                    piece = guard.flush() + piece if piece else ""
                 if piece:
                     parts.append(piece)
                     yield piece
                 event = await anext(stream, None)
+            if rest := guard.flush():  # an answer without related questions ends here
+                parts.append(rest)
+                yield rest
         if finished:  # nothing is stored for a client that left or an answer that failed
             await store.asave_lepton(body.search_uuid, "".join(parts))
 
     return StreamingResponse(text(), media_type="text/html")
+
+
+class MarkerGuard:
+    """Keeps the protocol's markers out of the answer text. The front end splits the
+    whole response on them, so an answer that wrote ``__RELATED_QUESTIONS__`` (a page
+    can ask a model to) would make the rest of it parse as related questions. A marker
+    may arrive split over several deltas, so the last few characters are held until the
+    next delta or the end shows they do not start one."""
+
+    _MARKERS = ("__LLM_RESPONSE__", "__RELATED_QUESTIONS__")
+    _HOLD = max(len(m) for m in _MARKERS) - 1
+
+    def __init__(self) -> None:
+        self._tail = ""
+
+    @classmethod
+    def _defuse(cls, text: str) -> str:
+        for marker in cls._MARKERS:
+            text = text.replace(marker, marker[0] + "\u200b" + marker[1:])
+        return text
+
+    def feed(self, text: str) -> str:
+        combined = self._defuse(self._tail + text)
+        cut = max(0, len(combined) - self._HOLD)
+        if "_" not in combined[cut:]:
+            cut = len(combined)  # nothing held back can start a marker
+        self._tail = combined[cut:]
+        return combined[:cut]
+
+    def flush(self) -> str:
+        rest, self._tail = self._defuse(self._tail), ""
+        return rest
 
 
 def _translate(event: AnswerEvent, related: bool) -> str:

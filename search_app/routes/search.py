@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from search_app.deps import CLIENT_COOKIE, ClientIdDep, PipelineDep, SettingsDep, StoreDep
@@ -17,6 +17,7 @@ from search_app.events import ErrorEvent
 from search_app.grounding import strip_citations
 from search_app.pipeline import AnswerRequest
 from serving.errors import BadRequestError
+from serving.protocol import reject_surrogates
 
 __all__ = ["SearchRequest", "router"]
 
@@ -38,6 +39,11 @@ class SearchRequest(BaseModel):
     grounding: Literal["strict", "mark", "off"] | None = Field(
         None, description="Grounding policy for this answer; default: the app's setting "
                           "(strict unless configured otherwise).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unicode_only(cls, data: Any) -> Any:
+        return reject_surrogates(data)
 
     @field_validator("query")
     @classmethod

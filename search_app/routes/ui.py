@@ -24,7 +24,8 @@ from fastapi.templating import Jinja2Templates
 from search_app.deps import CLIENT_COOKIE
 from search_app.routes.info import app_info
 
-__all__ = ["CSP", "UI_DIR", "router", "static_app"]
+__all__ = ["CSP", "THEME_COOKIE", "UI_DIR", "page_headers", "router", "static_app",
+           "templates"]
 
 UI_DIR = Path(str(files("ui")))
 THEME_COOKIE = "search_app_theme"
@@ -48,6 +49,11 @@ _FAVICON = (  # the app's own icon: a magnifier, so the tab needs no request els
     '<circle cx="14" cy="14" r="7" fill="none" stroke="#fff" stroke-width="3"/>'
     '<path d="M19 19l6 6" stroke="#fff" stroke-width="3" stroke-linecap="round"/></svg>')
 
+def page_headers() -> dict[str, str]:
+    """Headers of every HTML page: CSP, no sniffing, no referrer, no framing, no cache."""
+    return dict(_HEADERS)
+
+
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=str(UI_DIR / "templates"))
 static_app = StaticFiles(directory=str(UI_DIR / "static"))
@@ -56,9 +62,12 @@ static_app = StaticFiles(directory=str(UI_DIR / "static"))
 def _page(request: Request, *, mode: str, ident: str = "", title: str = "",
           status: int = 200) -> HTMLResponse:
     theme = request.cookies.get(THEME_COOKIE)
+    session = getattr(request.state, "session", None)  # set by the access lock
     context: dict[str, Any] = {
         "info": app_info(request.app), "examples": EXAMPLES, "mode": mode, "ident": ident,
         "title": title, "theme": theme if theme in ("light", "dark") else None,
+        "csrf": session.csrf if session is not None else "",
+        "signed_in": session is not None,
     }
     response = templates.TemplateResponse(request, "index.html", context,
                                           status_code=status, headers=_HEADERS)

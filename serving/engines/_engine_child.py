@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import dataclasses
 import json
 import logging
 import signal
@@ -162,9 +163,7 @@ async def main(in_fd: int, out_fd: int) -> int:
                   "message": f"the model failed its start-up self-check: {_reason(exc)}"})
         await engine.aclose()
         return 1
-    info = engine.info
-    out.send({"t": "ready", "info": {"id": info.id, "context_length": info.context_length,
-                                     "engine": info.engine, "owned_by": info.owned_by}})
+    out.send({"t": "ready", "info": dataclasses.asdict(engine.info)})
     try:
         await _Server(engine, out).serve(reader)
     finally:

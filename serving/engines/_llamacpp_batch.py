@@ -283,6 +283,14 @@ class BatchWorker:
         with self._lock:
             return self._n_running, len(self._waiting)
 
+    def position(self, request_id: str) -> int | None:
+        """Sequences ahead of ``request_id`` in the waiting queue; None if not waiting."""
+        with self._lock:
+            for i, seq in enumerate(self._waiting):
+                if seq.request_id == request_id:
+                    return i
+        return None
+
     def is_full(self) -> bool:
         with self._lock:
             return self._n_running + len(self._waiting) >= self._n_seq_max + self._max_queue

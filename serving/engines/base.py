@@ -60,6 +60,9 @@ class ModelInfo:
     context_length: int
     engine: str
     owned_by: str = "search-app"
+    # Sequences it holds at once, running and queued (None: no fixed limit). A request
+    # needing more can never be served, however long the client waits: a 400, not a 429.
+    max_sequences: int | None = None
 
 
 @dataclass(frozen=True)
@@ -132,6 +135,13 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     async def aclose(self) -> None:
         """Release the model; safe to call twice."""
+
+    def queue_position(self, request_id: str) -> int | None:
+        """Requests ahead of ``request_id`` in this engine's own queue (0: next to be
+        admitted), or None when it is running, finished, unknown, or the engine cannot
+        tell (vLLM, upstream). The answer pipeline tells a waiting user their place, and
+        its first-token timeout starts only when the request leaves the queue."""
+        return None
 
     def check_health(self) -> None:  # noqa: B027 - healthy unless an engine says otherwise
         """Raise EngineNotReadyError (with the reason) when the engine cannot serve."""

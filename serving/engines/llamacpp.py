@@ -115,7 +115,8 @@ class LlamaCppEngine(Engine):
         _init_backend()
         self.options = options
         self.info = ModelInfo(id=options.model_name or Path(path).stem,
-                              context_length=options.context_length, engine="llamacpp")
+                              context_length=options.context_length, engine="llamacpp",
+                              max_sequences=options.parallel + options.max_queue)
         mparams = llama_cpp.llama_model_default_params()
         mparams.n_gpu_layers = options.n_gpu_layers
         cpu = cpu_report(options.allow_amx)
@@ -272,6 +273,9 @@ class LlamaCppEngine(Engine):
         except TimeoutError:
             logger.warning("abort of %s not confirmed within %.0f s", request_id,
                            ABORT_TIMEOUT_S)
+
+    def queue_position(self, request_id: str) -> int | None:
+        return None if self._closed else self._worker.position(request_id)
 
     async def count_tokens(self, text: str) -> int:
         """Model tokens in ``text`` (no BOS). llama.cpp's tokenizer is thread-safe."""

@@ -86,6 +86,9 @@ class UpstreamOptions(BaseModel):
         None, description="Override when the upstream does not report max_model_len.")
     timeout_s: float = 600.0
     connect_timeout_s: float = 10.0
+    # Streams open to the upstream at once. httpx's default (100) would queue the rest
+    # silently in its pool: a server such as vLLM batches hundreds.
+    max_connections: int = Field(512, ge=1)
 
 
 class EngineOptions(BaseModel):

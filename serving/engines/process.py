@@ -151,7 +151,8 @@ class ProcessEngine(Engine):
         self._backoff = process.restart_backoff_s
         self.restarts: list[Restart] = []
         self.info = ModelInfo(id=options.model_name or "llamacpp",
-                              context_length=options.context_length, engine="llamacpp")
+                              context_length=options.context_length, engine="llamacpp",
+                              max_sequences=options.parallel + options.max_queue)
 
     @classmethod
     async def create(cls, options: LlamaCppOptions, process: ProcessOptions
@@ -229,6 +230,20 @@ class ProcessEngine(Engine):
     def load(self) -> EngineLoad:
         running = sum(1 for f in self._flights.values() if f.started)
         return EngineLoad(running=running, waiting=len(self._flights) - running)
+
+    def queue_position(self, request_id: str) -> int | None:
+        """From the flights alone, no round trip: the child admits in submission order
+        into ``parallel`` slots, so a flight that has not produced a chunk is queued
+        when the running ones and the unstarted ones before it fill every slot. (A
+        flight still prefilling counts as not started, which this accounts for.)"""
+        flights = list(self._flights.values())
+        running = sum(1 for f in flights if f.started and not f.done)
+        free = max(0, self._options.parallel - running)
+        pending = [f for f in flights if not f.started and not f.done]
+        for i, flight in enumerate(pending):
+            if flight.request_id == request_id:
+                return i - free if i >= free else None
+        return None
 
     def check_health(self) -> None:
         if self._down is not None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -71,6 +72,51 @@ def _payload(sampling: SamplingOptions) -> dict[str, Any]:
     return body
 
 
+@dataclass(frozen=True)
+class StreamEvent:
+    """What one ``data:`` line of an OpenAI stream says."""
+
+    texts: list[str]
+    usage: tuple[int, int] | None = None  # (prompt, completion) tokens
+    finish_reason: str | None = None
+
+
+def parse_stream_event(data: str) -> StreamEvent:
+    """One chunk of a chat or text completion stream. Whatever the upstream sends, the
+    result is an event or an UpstreamError (502): a server that changed its format or a
+    proxy that injected an HTML page must not end an answer with an internal error."""
+    try:
+        event = json.loads(data)
+    except ValueError:
+        raise UpstreamError(f"The upstream server sent a malformed stream chunk "
+                            f"({len(data)} bytes, not JSON).", status=502) from None
+    if not isinstance(event, dict):
+        raise UpstreamError("The upstream server sent a stream chunk that is not a JSON "
+                            "object.", status=502)
+    if "error" in event:
+        raise EngineError(f"Upstream error: {_error_message(data, 500)}")
+    usage = event.get("usage")
+    counts = None
+    if isinstance(usage, dict):
+        prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        if isinstance(prompt, int) and isinstance(completion, int):
+            counts = (prompt, completion)
+    texts: list[str] = []
+    finish = None
+    choices = event.get("choices")
+    for choice in choices if isinstance(choices, list) else []:
+        if not isinstance(choice, dict):
+            continue
+        delta = choice.get("delta")
+        text = delta.get("content") if isinstance(delta, dict) else choice.get("text")
+        reason = choice.get("finish_reason")
+        if isinstance(reason, str) and reason:
+            finish = reason
+        if isinstance(text, str) and text:
+            texts.append(text)
+    return StreamEvent(texts, counts, finish)
+
+
 class UpstreamEngine(Engine):
     def __init__(self, client: httpx.AsyncClient, options: UpstreamOptions, upstream_model: str,
                  info: ModelInfo) -> None:
@@ -87,8 +133,10 @@ class UpstreamEngine(Engine):
         if options.api_key is not None:
             headers["Authorization"] = f"Bearer {options.api_key.get_secret_value()}"
         timeout = httpx.Timeout(options.timeout_s, connect=options.connect_timeout_s)
-        client = httpx.AsyncClient(base_url=options.base_url.rstrip("/") + "/",
-                                   headers=headers, timeout=timeout)
+        client = httpx.AsyncClient(
+            base_url=options.base_url.rstrip("/") + "/", headers=headers, timeout=timeout,
+            limits=httpx.Limits(max_connections=options.max_connections,
+                                max_keepalive_connections=min(64, options.max_connections)))
         try:
             models = await cls._models(client)
         except BaseException:
@@ -168,21 +216,13 @@ class UpstreamEngine(Engine):
             data = line[5:].strip()
             if data == "[DONE]":
                 break
-            event = json.loads(data)
-            if "error" in event:
-                raise EngineError(f"Upstream error: {_error_message(data, 500)}")
-            usage = event.get("usage")
-            if usage:
-                prompt_tokens = usage.get("prompt_tokens", prompt_tokens)
-                completion_tokens = usage.get("completion_tokens", completion_tokens)
-            for choice in event.get("choices") or []:
-                delta = choice.get("delta") or {}
-                text = delta.get("content") if "delta" in choice else choice.get("text")
-                if choice.get("finish_reason"):
-                    finish = choice["finish_reason"]
-                if text:
-                    completion_tokens += 1  # corrected by the usage chunk at the end
-                    yield GenerationChunk(text, prompt_tokens, completion_tokens)
+            event = parse_stream_event(data)
+            if event.usage is not None:
+                prompt_tokens, completion_tokens = event.usage
+            finish = event.finish_reason or finish
+            for text in event.texts:
+                completion_tokens += 1  # corrected by the usage chunk at the end
+                yield GenerationChunk(text, prompt_tokens, completion_tokens)
         # The last chunk carries the finish reason and the upstream's exact usage.
         yield GenerationChunk("", prompt_tokens, completion_tokens,
                               "length" if finish == "length" else "stop")

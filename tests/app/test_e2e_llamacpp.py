@@ -144,7 +144,7 @@ async def test_model_failure_mid_answer_in_process(tmp_path: Path) -> None:
 
     from search_app.app import create_app
     from search_app.config import Settings
-    from serving.engines.base import GenerationChunk, GenerationRequest
+    from serving.engines.base import EngineLoad, GenerationChunk, GenerationRequest
     from serving.errors import EngineError
 
     app = create_app(Settings(engine="llamacpp", context_length=2048,
@@ -161,6 +161,11 @@ async def test_model_failure_mid_answer_in_process(tmp_path: Path) -> None:
         class Failing:
             info = real.info
             count_tokens = real.count_tokens
+            queue_position = staticmethod(real.queue_position)
+
+            @property
+            def load(self) -> EngineLoad:
+                return real.load
 
             async def generate(self, request: GenerationRequest
                                ) -> AsyncIterator[GenerationChunk]:
@@ -276,3 +281,72 @@ def test_strict_grounding_with_the_real_model(app_server: ServerProcess) -> None
     assert shown.returncode == 0, shown.stderr
     if "withheld" in shown.stdout:
         assert "unsupported sentence" in shown.stdout and "withheld: " in shown.stdout
+
+
+@pytest.fixture(scope="module")
+def one_slot_server(artifacts_dir: Path, tmp_path_factory: pytest.TempPathFactory
+                    ) -> Iterator[ServerProcess]:
+    """One llama.cpp slot and a queue of one: the smallest machine that overloads."""
+    store = tmp_path_factory.mktemp("busy") / "store.sqlite"
+    with run_server(["serve", "--engine", "llamacpp", "--context-length", "2048",
+                     "--parallel", "1", "--max-queue", "1", "--first-token-timeout-s", "8",
+                     "--store-path", str(store)],
+                    log_path=artifacts_dir / "one_slot_server.log") as server:
+        for _ in range(120):
+            if httpx.get(f"{server.url}/api/info").json()["state"] == "ready":
+                break
+            time.sleep(0.5)
+        yield server
+
+
+def test_overload_queues_with_its_place_then_refuses(one_slot_server: ServerProcess) -> None:
+    """A long generation holds the only slot for ~20 s. An answer asked meanwhile waits
+    in the queue, hears its place, and is answered although it waited far longer than
+    the 8 s first-token timeout; one more is refused at once (model_busy before any
+    sources; 429 on /query)."""
+    url = one_slot_server.url
+    model = httpx.get(f"{url}/v1/models").json()["data"][0]["id"]
+
+    async def scenario() -> None:
+        async with httpx.AsyncClient(timeout=180) as http:
+            hog = asyncio.create_task(http.post(f"{url}/v1/completions", json={
+                "model": model, "prompt": "Once upon a time", "max_tokens": 1000,
+                "ignore_eos": True}))
+            for _ in range(100):  # until it holds the slot
+                metrics = (await http.get(f"{url}/metrics")).text
+                if re.search(r'num_requests_running\{[^}]*\} 1\.0', metrics):
+                    break
+                await asyncio.sleep(0.1)
+            events: list[tuple[str, dict]] = []
+
+            async def queued_answer() -> None:
+                async with http.stream("POST", f"{url}/api/search", json={
+                        "query": "Who designed the Eiffel Tower?", "related": False}) as r:
+                    block = ""
+                    async for line in r.aiter_lines():
+                        block += line + "\n"
+                        if not line:
+                            events.extend(parse_sse(block + "\n"))
+                            block = ""
+
+            waiting = asyncio.create_task(queued_answer())
+            for _ in range(200):
+                if any(n == "stage" and d["stage"] == "queued" for n, d in events):
+                    break
+                await asyncio.sleep(0.1)
+            assert ("stage", {"stage": "queued", "detail": "0 ahead"}) in events, events
+            refused = await http.post(f"{url}/api/search", json={"query": "Where is Paris?"})
+            names = [n for n, _ in parse_sse(refused.text)]
+            assert names[-1] == "error" and "sources" not in names, names
+            assert parse_sse(refused.text)[-1][1]["code"] == "model_busy"
+            lepton = await http.post(f"{url}/query", json={"query": "Where is Paris?",
+                                                           "search_uuid": "busy-1"})
+            assert lepton.status_code == 429 and lepton.headers["retry-after"]
+            await waiting
+            assert (await hog).status_code == 200
+            waited = [n for n, _ in events]
+            assert waited[-1] == "done" and "error" not in waited, events[-3:]
+            timings = dict(events)["timings"]
+            assert timings["ttft_ms"] > 8000  # it waited longer than the timeout allows
+
+    asyncio.run(scenario())

@@ -14,19 +14,21 @@ import pytest
 from fastapi import FastAPI
 
 from serving import api
-from serving.app import serving_state
+from serving.app import ServerOptions, serving_state
+from serving.engines.base import ModelInfo
 from serving.registry import ModelRegistry
 from tests.support.replay_engine import ReplayEngine
 
 
-def make_app(engine: ReplayEngine | None = None, *, state: str = "ready", **install: object
+def make_app(engine: ReplayEngine | None = None, *, state: str = "ready",
+             options: ServerOptions | None = None, **install: object
              ) -> tuple[FastAPI, ReplayEngine]:
     engine = engine or ReplayEngine()
     registry = ModelRegistry()
     registry.add_engine(engine)
     registry.state = state  # type: ignore[assignment]
     app = FastAPI()
-    serving_state(app, registry)
+    serving_state(app, registry, options)
     api.install(app, **install)  # type: ignore[arg-type]
     return app, engine
 
@@ -231,3 +233,102 @@ async def test_metrics_count_tokens(client: httpx.AsyncClient) -> None:
     assert 'search_app:generation_tokens_total{model="replay"} 7.0' in text
     assert 'search_app:num_requests_running{model="replay"} 0.0' in text
     assert "search_app:time_to_first_token_seconds_count" in text
+
+
+async def test_405_keeps_its_allow_header(client: httpx.AsyncClient) -> None:
+    r = await client.get("/v1/chat/completions")
+    assert r.status_code == 405 and r.headers["allow"] == "POST"
+    assert r.json()["error"]["code"] == 405
+
+
+async def test_chunked_body_over_the_limit_is_413() -> None:
+    """No Content-Length: the limit is found while reading, and it is still a 413 (not
+    FastAPI's 400 "error parsing the body")."""
+    app, engine = make_app(max_body_bytes=2048)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b'{"model": "replay", "messages": [{"role": "user", "content": "'
+        for _ in range(10):
+            yield b"x" * 1000
+        yield b'"}]}'
+
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                 base_url="http://t") as c:
+        r = await c.post("/v1/chat/completions", content=chunks(),
+                         headers={"Content-Type": "application/json"})
+        assert "content-length" not in r.request.headers
+        assert r.status_code == 413, r.text
+        assert r.json()["error"]["type"] == "invalid_request_error"
+        assert "2048 bytes" in r.json()["error"]["message"]
+    assert engine.requests == []
+
+
+async def test_lone_surrogate_is_a_json_400(client: httpx.AsyncClient) -> None:
+    for body in ('{"model": "replay", "messages": [{"role": "user", "content": "a\\udc80"}]}',
+                 '{"model": "re\\ud800play", "messages": [{"role": "user", "content": "a"}]}'):
+        r = await client.post("/v1/chat/completions", content=body.encode(),
+                              headers={"Content-Type": "application/json"})
+        assert r.status_code == 400, r.text
+        assert r.headers["content-type"] == "application/json"
+        assert "surrogate" in r.json()["error"]["message"]
+
+
+async def test_batch_with_one_bad_prompt_fails_before_any_generation() -> None:
+    app, engine = make_app()
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                 base_url="http://t") as c:
+        r = await c.post("/v1/completions", json={
+            "model": "replay", "prompt": ["short one", "word " * 300], "max_tokens": 4})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "prompt"
+        assert "maximum context length" in r.json()["error"]["message"]
+    assert engine.requests == []  # nothing started, so nothing was generated
+
+
+async def test_request_that_can_never_fit_is_400_not_429() -> None:
+    engine = ReplayEngine()
+    engine.info = ModelInfo(id="replay", context_length=256, engine="replay", max_sequences=8)
+    app, _ = make_app(engine)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                 base_url="http://t") as c:
+        r = await c.post("/v1/completions", json={
+            "model": "replay", "prompt": ["a", "b", "c"], "n": 4, "max_tokens": 2})
+        assert r.status_code == 400, r.text
+        assert "12 sequences" in r.json()["error"]["message"]
+        assert r.json()["error"]["param"] == "n"
+        r = await c.post("/v1/completions", json={
+            "model": "replay", "prompt": ["a", "b"], "n": 4, "max_tokens": 2})
+        assert r.status_code == 200
+
+
+async def test_generation_time_cap_ends_with_length() -> None:
+    """max_tokens null may mean the whole context: the server-side cap ends it."""
+    engine = ReplayEngine(["tok "] * 40, delay_s=0.02)
+    app, _ = make_app(engine, options=ServerOptions(max_generation_s=0.2))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                 base_url="http://t") as c:
+        r = await c.post("/v1/chat/completions", json=chat(max_tokens=None))
+        assert r.status_code == 200
+        choice = r.json()["choices"][0]
+        assert choice["finish_reason"] == "length"
+        assert 3 <= r.json()["usage"]["completion_tokens"] < 40
+    assert engine.aborted  # the engine was told to stop
+    app, _ = make_app(ReplayEngine(["tok "] * 40, delay_s=0.0),
+                      options=ServerOptions(max_generation_s=0))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                 base_url="http://t") as c:
+        r = await c.post("/v1/chat/completions", json=chat(max_tokens=None))
+        assert r.json()["usage"]["completion_tokens"] == 40  # 0: no cap
+
+
+def test_openapi_documents_the_errors_really_answered() -> None:
+    app, _ = make_app(api_keys=["k"])
+    schema = app.openapi()
+    assert "HTTPValidationError" not in json.dumps(schema)
+    for path, ops in schema["paths"].items():
+        for method, op in ops.items():
+            assert "422" not in op["responses"], (method, path)
+            if path.startswith("/v1/"):
+                for code in ("400", "401", "429", "503"):
+                    ref = op["responses"][code]["content"]["application/json"]["schema"]
+                    assert ref == {"$ref": "#/components/schemas/ErrorResponse"}
+    assert "ErrorResponse" in schema["components"]["schemas"]

@@ -254,3 +254,26 @@ async def test_concurrent_requests_all_finish(subject: Subject) -> None:
                                      for i in range(4)))
     assert [r[-1].finish_reason for r in results] == ["length"] * 4
     await _idle(engine)
+
+
+async def test_queue_positions_count_what_is_ahead(subject: Subject) -> None:
+    """More requests than slots (4): an engine that keeps its own queue (llama.cpp, in
+    process or not) reports each waiting request's place, counted from 0 in the order
+    it will be admitted; running and finished requests have none. Engines that cannot
+    tell (vLLM, upstream, the replay) always say None."""
+    engine = subject.engine
+    requests = [_request(max_tokens=24, ignore_eos=True, seed=i) for i in range(6)]
+    results = [asyncio.ensure_future(collect(engine, r)) for r in requests]
+    most_queued = 0
+    while not all(r.done() for r in results):
+        positions = [engine.queue_position(r.request_id) for r in requests]
+        queued = sorted(p for p in positions if p is not None)
+        assert queued == list(range(len(queued))), positions
+        most_queued = max(most_queued, len(queued))
+        await asyncio.sleep(0.005)
+    assert [r.result()[-1].finish_reason for r in results] == ["length"] * 6
+    assert all(engine.queue_position(r.request_id) is None for r in requests)
+    if engine.info.engine == "llamacpp":
+        assert most_queued >= 2, "six requests in four slots: two must have waited"
+    else:
+        assert most_queued == 0

@@ -241,6 +241,9 @@ def test_client_disconnect_aborts(llama_server: ServerProcess, model: str) -> No
     while running(llama_server) != (0.0, 0.0):
         assert time.monotonic() < deadline, "a gone non-streaming client kept its slot"
         time.sleep(0.1)
+    # a client leaving is not a server error: no traceback in the log
+    assert "Exception in ASGI application" not in llama_server.log()
+    assert "Traceback" not in llama_server.log()
 
 
 def test_metrics_after_traffic(llama_server: ServerProcess) -> None:
@@ -269,3 +272,23 @@ def test_queue_full_is_429(artifacts_dir, tmp_path) -> None:  # type: ignore[no-
         ok = httpx.post(f"{server.url}/v1/chat/completions", timeout=60, json={
             "model": MODEL, "messages": QUESTION, "max_tokens": 4})
         assert ok.status_code == 200
+
+
+def test_lone_surrogates_are_a_400_everywhere(llama_server: ServerProcess, model: str) -> None:
+    """JSON can spell an unpaired surrogate; it must be refused as bad input (400 JSON),
+    never reach the tokenizer or crash the error handler (a plain-text 500)."""
+    bad = '"x\\ud800y"'
+    bodies = {
+        "/v1/chat/completions": f'{{"model": "{model}", "messages": [{{"role": "user", '
+                                f'"content": {bad}}}], "max_tokens": 2}}',
+        "/v1/completions": f'{{"model": "{model}", "prompt": {bad}, "max_tokens": 2}}',
+        "/v1/embeddings": f'{{"model": "all-MiniLM-L6-v2", "input": {bad}}}',
+    }
+    bodies["unknown model"] = f'{{"model": {bad}, "prompt": "hi", "max_tokens": 2}}'
+    for name, body in bodies.items():
+        path = "/v1/completions" if name == "unknown model" else name
+        r = httpx.post(f"{llama_server.url}{path}", content=body.encode(), timeout=30,
+                       headers={**AUTH, "Content-Type": "application/json"})
+        assert r.status_code == 400, (name, r.status_code, r.text)
+        error = r.json()["error"]
+        assert error["type"] == "invalid_request_error" and "surrogate" in error["message"]

@@ -21,21 +21,12 @@ import httpx
 import pytest
 
 from search_app.store import AnswerRecord, Store
-from tests.conftest import needs_llama_cpp
 from tests.support.server import ROOT, ServerProcess, run_server
+from tests.ui.chromium import ARGS, BROWSER_MARKS, CHROMIUM
 from tests.ui.hostile_web import HostileWeb, payloads, serve_hostile_web
 
 playwright_sync = pytest.importorskip("playwright.sync_api")
-CHROMIUM = Path("/usr/bin/chromium")
-pytestmark = [
-    needs_llama_cpp, pytest.mark.llamacpp, pytest.mark.slow,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="chromium is not installed "
-                       "(apt-get install -y chromium; scripts/setup.sh does it)"),
-    pytest.mark.skipif(not (ROOT / "data/index/snapshot/snapshot.json").is_file(),
-                       reason="the default local index is not built"),
-]
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+pytestmark = BROWSER_MARKS
 SHOTS = ROOT / "artifacts" / "ui"
 ANSWER_S = 150_000  # ms: one answer from SmolLM2 on a busy 2-core machine
 QUESTION = "Who designed the Eiffel Tower?"

@@ -12,6 +12,10 @@
 (() => {
   const $ = (sel, root = document) => root.querySelector(sel);
   const body = document.body;
+  // With API keys, the page carries its session's CSRF token: state-changing requests
+  // that ride on the session cookie must send it back (search_app/access.py).
+  const CSRF = document.querySelector('meta[name="csrf-token"]')?.content || '';
+  const csrfHeader = () => (CSRF ? { 'X-CSRF-Token': CSRF } : {});
   const CITE = /\[citation:(\d+)\]/g;
   const MARK = /\uE000(\d+)\uE001/g; // citation placeholders between markdown and chips
   const IDLE_MS = 30000; // the server pings every 5 s: this much silence is a dead line
@@ -23,6 +27,8 @@
     model_error: 'The model failed while answering.',
     model_crashed: 'The model crashed while answering; it is restarting. Try again in a few seconds.',
     rate_limited: 'Too many questions in a short time.',
+    authentication_error: 'The session has expired; reload the page to sign in again.',
+    permission_error: 'The page is out of date; reload it and ask again.',
     dropped: 'The connection to the app was lost.',
     not_found: 'Not found.',
     store_failed: 'The answer could not be stored.',
@@ -303,7 +309,9 @@
         if (!turn.replay) { clearTimers(turn); startStages(turn, data.search_query); }
         break;
       case 'stage':
-        if (!turn.replay && !turn.sourcesSeen && STAGE_TEXT[data.stage]) {
+        if (!turn.replay && data.stage === 'queued') {  // after the sources: the model is busy
+          setStage(turn, `Waiting for the model: ${data.detail || 'queued'}…`);
+        } else if (!turn.replay && !turn.sourcesSeen && STAGE_TEXT[data.stage]) {
           setStage(turn, `${STAGE_TEXT[data.stage]} ${data.detail || ''}…`.replace(' …', '…'));
         }
         break;
@@ -313,6 +321,7 @@
         setStage(turn, 'Writing the answer…');
         break;
       case 'delta':
+        if (!turn.text) setStage(turn, 'Writing the answer…');
         turn.text += data.text;
         if (turn.replay) renderAnswer(turn); else scheduleRender(turn);
         break;
@@ -354,7 +363,8 @@
     let message = '';
     try { message = (await res.json()).error.message; } catch (e) { /* not JSON */ }
     const code = res.status === 429 ? 'rate_limited' : res.status === 503 ? 'model_unavailable'
-      : res.status === 404 ? 'not_found' : 'http';
+      : res.status === 404 ? 'not_found' : res.status === 401 ? 'authentication_error'
+      : res.status === 403 ? 'permission_error' : 'http';
     if (res.status === 429 && res.headers.get('Retry-After')) {
       message = `Retry in ${res.headers.get('Retry-After')} s.`;
     }
@@ -380,7 +390,7 @@
       kick();
       const res = await fetch('/api/search', {
         method: 'POST', body: JSON.stringify(req), signal: ctl.signal, credentials: 'same-origin',
-        headers: { 'Content-Type': 'application/json', Accept: 'text/event-stream' },
+        headers: { 'Content-Type': 'application/json', Accept: 'text/event-stream', ...csrfHeader() },
       });
       if (!res.ok) { const e = await httpError(res); showError(turn, e.code, e.message); return; }
       const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
