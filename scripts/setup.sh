@@ -61,4 +61,17 @@ if [ ! -x /usr/bin/chromium ] && [ "${SEARCH_APP_SKIP_CHROMIUM:-0}" != "1" ]; th
         echo "note: install chromium (apt-get install chromium) to run tests/ui" >&2
     fi
 fi
+# redis-server and nginx for the scale-out tests (shared rate limits, two replicas
+# behind a load balancer); PostgreSQL 15 is part of these machines. Each test starts
+# its own instance on loopback and skips, saying why, when one is missing.
+if { ! command -v redis-server >/dev/null 2>&1 || [ ! -x /usr/sbin/nginx ]; } \
+        && [ "${SEARCH_APP_SKIP_SERVERS:-0}" != "1" ]; then
+    if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server nginx \
+            || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+                 apt-get install -y -qq redis-server nginx; }
+    else
+        echo "note: install redis-server and nginx to run the scale-out tests" >&2
+    fi
+fi
 echo "setup done: .venv ready"

@@ -19,8 +19,13 @@ cannot send it). A state-changing request that relies on the cookie must also ca
 session's CSRF token in ``X-CSRF-Token`` (the page has it in a meta tag); Bearer
 requests need none, since a browser never adds that header by itself.
 
-The principal (``key#N`` for a key, ``key#N`` too for a session made with it) goes to
-``scope["state"]["principal"]``, so rate limits count per key, not per address.
+In multi-user mode (``--multi-user``, search_app/users.py) users sign in with a name
+and password, and API clients may use a user's own API key; their principal is
+``user:NAME`` and their history and threads are theirs alone.
+
+The principal (``key#N`` for a configured key, ``user:NAME`` for a user; a session
+carries the principal it was made for) goes to ``scope["state"]["principal"]``, so rate
+limits count per key or user, not per address, and the routes know whose data it is.
 """
 
 from __future__ import annotations
@@ -38,7 +43,8 @@ from starlette.datastructures import Headers
 from starlette.responses import RedirectResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from search_app.ratelimit import RateLimiter
+from search_app.ratelimit import TokenBuckets
+from search_app.users import USER_PREFIX, Users
 from serving.api import error_response, unauthorized
 from serving.auth import KeyRing, bearer_token
 from serving.errors import PermissionDeniedError
@@ -97,11 +103,26 @@ class Sessions:
 
 @dataclass(frozen=True)
 class Access:
-    """What the lock and the login page share (``app.state.access``; None: no keys)."""
+    """What the lock and the login page share (``app.state.access``; None: no keys and
+    not multi-user). ``users`` is set in multi-user mode."""
 
     keys: KeyRing
     sessions: Sessions
-    login_limiter: RateLimiter
+    login_limiter: TokenBuckets
+    users: Users | None = None
+
+    def principal_exists(self, principal: str) -> bool:
+        """Whether a session's principal still names a key or a user."""
+        if principal.startswith(USER_PREFIX):
+            return self.users is not None and self.users.exists(principal)
+        return self.keys.has_name(principal)
+
+    def match_key(self, key: str | None) -> str | None:
+        """The principal of a Bearer key: a configured key, or a user's API key."""
+        found = self.keys.match(key)
+        if found is None and self.users is not None:
+            found = self.users.match_key(key)
+        return found
 
 
 def safe_next(target: str | None) -> str:
@@ -114,11 +135,10 @@ def safe_next(target: str | None) -> str:
 
 
 class AccessMiddleware:
-    def __init__(self, app: ASGIApp, keys: KeyRing, sessions: Sessions, *,
-                 protect_metrics: bool = False, public_share_links: bool = True) -> None:
+    def __init__(self, app: ASGIApp, access: Access, *, protect_metrics: bool = False,
+                 public_share_links: bool = True) -> None:
         self.app = app
-        self.keys = keys
-        self.sessions = sessions
+        self.access = access
         self.protect_metrics = protect_metrics
         self.public_share_links = public_share_links
 
@@ -131,7 +151,7 @@ class AccessMiddleware:
             and _SHARE.match(path) is not None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.keys:
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         method, path = scope["method"], scope["path"]
@@ -140,13 +160,13 @@ class AccessMiddleware:
             return
         headers = Headers(scope=scope)
         state = scope.setdefault("state", {})
-        principal = self.keys.match(bearer_token(headers.get("authorization")))
+        principal = self.access.match_key(bearer_token(headers.get("authorization")))
         if principal is not None:
             state["principal"] = principal
             await self.app(scope, receive, send)
             return
-        session = self.sessions.load(_cookie(headers, SESSION_COOKIE))
-        if session is None or not self.keys.has_name(session.principal):
+        session = self.access.sessions.load(_cookie(headers, SESSION_COOKIE))
+        if session is None or not self.access.principal_exists(session.principal):
             if method in ("GET", "HEAD") and _PAGE.match(path) or (
                     not self.public_share_links and path.startswith("/s/")):
                 target = path + ("?" + scope["query_string"].decode("latin-1")

@@ -14,6 +14,8 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
+import secrets
 from pathlib import Path
 
 import httpx
@@ -37,9 +39,17 @@ from search_app.ratelimit import (
     RateLimitedError,
     RateLimiter,
     RateLimitMiddleware,
+    RedisRateLimiter,
+    RedisStreamCounter,
+    StreamCounter,
+    Streams,
+    TokenBuckets,
+    check,
     client_key,
+    redis_client,
 )
 from search_app.store import Store
+from search_app.users import Users
 from serving import api
 from serving.app import ServerOptions, background_lifespan, load_models, serving_state
 from serving.auth import KeyRing
@@ -70,11 +80,11 @@ def create_app(settings: Settings) -> FastAPI:
     serving_state(app, registry, options)
     metrics = AnswerMetrics(app.state.serving_metrics.registry)
     app.state.answer_metrics = metrics
-    limiter = RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
+    limiter, streams, login_limiter = _limits(app, settings)
 
-    def limit() -> None:
+    async def limit() -> None:
         try:
-            limiter.check(client_key.get())
+            await check(limiter, client_key.get())
         except RateLimitedError:
             metrics.rate_limited.inc()
             raise
@@ -85,12 +95,11 @@ def create_app(settings: Settings) -> FastAPI:
     # Added before api.install, so it runs inside auth and CORS: an unauthenticated
     # request costs no token, limits count per key, and a 429 still carries CORS headers.
     app.add_middleware(RateLimitMiddleware, paths=_ANSWER_PATHS, limiter=limiter,
-                       on_limited=metrics.rate_limited.inc,
-                       max_streams=settings.max_streams_per_client)
-    app.state.access = _access(settings)
+                       streams=streams, on_limited=metrics.rate_limited.inc)
+    app.state.access = _access(settings, Users(lambda: app.state.store)
+                               if settings.multi_user else None, login_limiter)
     auth = None if app.state.access is None else (AccessMiddleware, {
-        "keys": app.state.access.keys, "sessions": app.state.access.sessions,
-        "protect_metrics": settings.protect_metrics,
+        "access": app.state.access, "protect_metrics": settings.protect_metrics,
         "public_share_links": settings.public_share_links})
     api.install(app, api_keys=options.api_keys, cors_origins=options.cors_origins,
                 max_body_bytes=options.max_body_bytes, auth=auth)
@@ -98,22 +107,59 @@ def create_app(settings: Settings) -> FastAPI:
     return app
 
 
-def _access(settings: Settings) -> Access | None:
-    """The lock on every face (search_app/access.py), or None when no key is set."""
+def _limits(app: FastAPI, settings: Settings
+            ) -> tuple[TokenBuckets, Streams, TokenBuckets]:
+    """Answer rate, answers in progress and sign-in attempts: in Redis when
+    ``redis_url`` is set (replicas count together), else in this process."""
+    if settings.redis_url is None:
+        app.state.redis = None
+        return (RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst),
+                StreamCounter(settings.max_streams_per_client),
+                RateLimiter(settings.login_attempts_per_minute, burst=5))
+    client = app.state.redis = redis_client(settings.redis_url.get_secret_value())
+    return (RedisRateLimiter(client, settings.rate_limit_per_minute,
+                             settings.rate_limit_burst),
+            RedisStreamCounter(client, settings.max_streams_per_client,
+                               ttl_s=settings.answer_timeout_s * 2 + 300),
+            RedisRateLimiter(client, settings.login_attempts_per_minute, 5,
+                             prefix="search-app:login"))
+
+
+def _access(settings: Settings, users: Users | None,
+            login_limiter: TokenBuckets) -> Access | None:
+    """The lock on every face (search_app/access.py), or None with neither keys nor
+    multi-user mode."""
     keys = KeyRing(k.get_secret_value() for k in settings.api_keys)
-    if not keys:
+    if not keys and users is None:
         return None
     secret = settings.session_secret.get_secret_value() if settings.session_secret else None
+    if secret is None and not keys:
+        # Users only: a secret kept in the data folder, so sessions survive restarts.
+        secret = _stored_secret(settings.data_dir / "session.secret")
     return Access(keys=keys, sessions=Sessions.for_keys(keys, secret,
                                                         settings.session_max_age_s),
-                  login_limiter=RateLimiter(settings.login_attempts_per_minute,
-                                            burst=5))
+                  login_limiter=login_limiter, users=users)
+
+
+def _stored_secret(path: Path) -> str:
+    """A random signing secret made once and kept (mode 0600) at ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # made before (or by another replica just now)
+        pass
+    else:
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_urlsafe(32))
+    return path.read_text().strip()
 
 
 async def _load(app: FastAPI, settings: Settings, options: ServerOptions,
                 registry: ModelRegistry, stack: contextlib.AsyncExitStack) -> str | None:
     """Store, models, then retrieval; returns a one-line failure (see background_lifespan)."""
-    store = await asyncio.to_thread(Store, settings.store_file())
+    if app.state.redis is not None:
+        stack.push_async_callback(app.state.redis.aclose)
+    store = await asyncio.to_thread(Store, settings.store_location())
     stack.callback(store.close)
     app.state.store = store
     failure = await load_models(registry, options, stack)

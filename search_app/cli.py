@@ -22,6 +22,7 @@ from search_app.ask_cli import ask_command
 from search_app.config import ENV_PREFIX, Settings
 from search_app.models_cli import models_group
 from search_app.retrieval_cli import index_command, search_command
+from search_app.users_cli import users_group
 
 __all__ = ["main", "cli"]
 
@@ -149,6 +150,7 @@ cli.add_command(ask_command)
 cli.add_command(search_command)
 cli.add_command(eval_group)
 cli.add_command(models_group)
+cli.add_command(users_group)
 
 
 def main(argv: list[str] | None = None) -> None:

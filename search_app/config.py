@@ -59,6 +59,16 @@ class Settings(BaseSettings):
                     "(/api, /query, /searxng, /v1): API clients send `Authorization: "
                     "Bearer`, browsers sign in at /login (comma-separated in the "
                     "environment; repeat --api-key). Empty: no auth.")
+    store_url: SecretStr | None = Field(
+        None, description="PostgreSQL URL of the answer store (postgresql://user:pass@host"
+                          "/db), shared by replicas; default: the SQLite file (store_path).")
+    redis_url: SecretStr | None = Field(
+        None, description="Redis URL (redis://host:6379/0): rate limits and stream caps "
+                          "shared by replicas; default: in this process.")
+    multi_user: bool = Field(
+        False, description="Accounts: users made with `search-app users add` sign in with "
+                           "a password (or send their own API key); each sees only their "
+                           "own history and threads.")
     session_secret: SecretStr | None = Field(
         None, description="Signs browser sessions; default: derived from the API keys "
                           "(new keys sign everybody out).")
@@ -272,6 +282,10 @@ class Settings(BaseSettings):
 
     def models_path(self) -> Path:
         return self.models_dir or self.data_dir / "models"
+
+    def store_location(self) -> str:
+        """The PostgreSQL URL when set, else the SQLite file."""
+        return self.store_url.get_secret_value() if self.store_url else str(self.store_file())
 
     def store_file(self) -> Path:
         return self.store_path or self.data_dir / "store.sqlite"

@@ -17,6 +17,7 @@ from retrieval.index import LocalIndex
 from search_app.config import Settings
 from search_app.pipeline import AnswerPipeline
 from search_app.store import Store
+from search_app.users import USER_PREFIX
 from serving.errors import EngineNotReadyError
 
 __all__ = [
@@ -26,8 +27,10 @@ __all__ = [
     "PipelineDep",
     "SettingsDep",
     "StoreDep",
+    "UserDep",
     "answer_services",
     "client_id",
+    "signed_in_user",
 ]
 
 CLIENT_HEADER = "X-Client-Id"
@@ -77,6 +80,14 @@ def _settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
+def signed_in_user(request: Request) -> str | None:
+    """``user:NAME`` when a user of multi-user mode makes the request (set by the lock,
+    search_app/access.py), else None. Their answers and threads are stored under it,
+    and only they can list or open them."""
+    principal = getattr(request.state, "principal", None)
+    return principal if principal and principal.startswith(USER_PREFIX) else None
+
+
 def client_id(request: Request) -> str | None:
     """Who is asking, for history listings: the X-Client-Id header, else the cookie."""
     value = request.headers.get(CLIENT_HEADER) or request.cookies.get(CLIENT_COOKIE)
@@ -88,3 +99,4 @@ IndexDep = Annotated[LocalIndex, Depends(_index)]
 StoreDep = Annotated[Store, Depends(_store)]
 SettingsDep = Annotated[Settings, Depends(_settings)]
 ClientIdDep = Annotated[str | None, Depends(client_id)]
+UserDep = Annotated[str | None, Depends(signed_in_user)]

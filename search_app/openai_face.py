@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from pydantic import BaseModel, Field
 
@@ -120,7 +120,7 @@ class AnswerAgent:
 
     def __init__(self, name: str, pipeline: Callable[[], AnswerPipeline],
                  context_length: Callable[[], int | None],
-                 limit: Callable[[], None] | None = None) -> None:
+                 limit: Callable[[], Awaitable[None]] | None = None) -> None:
         self.name = name
         self._limit = limit  # the app's per-client rate limit (raises a 429)
         self._pipeline = pipeline  # raises EngineNotReadyError until the app has built it
@@ -144,7 +144,7 @@ class AnswerAgent:
         related = bool(extra.get("return_related_questions", False))
         pipeline = self._pipeline()
         if self._limit is not None:
-            self._limit()
+            await self._limit()
         request = AnswerRequest(query=question, history=history, related=related)
         events = pipeline.run(request)
         try:

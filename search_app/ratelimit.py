@@ -1,33 +1,46 @@
 """Per-client rate limiting of the endpoints that start an answer, and a cap on the
-answers a client streams at once.
+answers a client streams at once; in memory, or shared by replicas through Redis.
 
 Why a token bucket per client: an answer costs seconds of model time, so one client
 must not be able to queue hundreds; a bucket lets a person ask a few questions in a row
-(the burst) and then refills at the configured rate. The client is the API key (or the
-session made with it, see search_app/access.py) when the app has keys, else the client
-address as uvicorn reports it (behind a reverse proxy, uvicorn's
+(the burst) and then refills at the configured rate. The client is the API key or the
+user (or the session made for them, see search_app/access.py) when the app is locked,
+else the client address as uvicorn reports it (behind a reverse proxy, uvicorn's
 ``--forwarded-allow-ips`` makes that the real client from ``X-Forwarded-For``); never
 the self-declared ``X-Client-Id``, which a client could rotate. The stream cap counts
 answers in progress, so a client cannot hold every model slot with long answers while
-staying under the rate. Buckets live in memory (one process; several replicas
-would share Redis instead, see docs/deployment.md) and the least recently seen are
-dropped beyond ``max_clients``, so memory stays bounded.
+staying under the rate.
+
+Two implementations of each, chosen by ``SEARCH_APP_REDIS_URL``: in memory (one
+process; the least recently seen clients are dropped beyond ``max_clients``, so memory
+stays bounded) and Redis (several replicas count together: the bucket is updated by one
+Lua script with Redis's own clock, and answers in progress are a sorted set per client
+whose entries expire, so a replica that dies cannot hold a client's places forever).
+If Redis does not answer within its timeout the request is let through and a warning
+logged: a limiter outage must not take the app down with it.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from contextvars import ContextVar
+from typing import Any, Protocol
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from serving.api import error_response
 from serving.errors import OverloadedError
 
-__all__ = ["RateLimitedError", "RateLimiter", "RateLimitMiddleware", "client_key"]
+__all__ = ["RateLimitedError", "RateLimiter", "RateLimitMiddleware", "RedisRateLimiter",
+           "RedisStreamCounter", "StreamCounter", "Streams", "TokenBuckets", "client_key",
+           "redis_client"]
+
+log = logging.getLogger(__name__)
 
 # Who is asking (key name or address, set by the middleware), for limits checked deeper
 # down: the answer model on /v1/chat/completions is only known once the body is parsed.
@@ -41,7 +54,35 @@ class RateLimitedError(OverloadedError):
                                     f"{self.retry_after} s.")
 
 
+class TokenBuckets(Protocol):
+    async def take(self, key: str) -> float:
+        """Take one token for ``key``: 0.0 when allowed, else seconds until one is free."""
+        ...
+
+
+class Streams(Protocol):
+    cap: int
+
+    async def open(self, key: str, stream_id: str) -> bool:
+        """Count one more answer in progress for ``key``; False (nothing counted) when
+        it already has ``cap``."""
+        ...
+
+    async def close(self, key: str, stream_id: str) -> None: ...
+
+
+async def check(buckets: TokenBuckets, key: str) -> None:
+    """Take a token or raise :class:`RateLimitedError` (429 with Retry-After)."""
+    wait = await buckets.take(key)
+    if wait > 0:
+        raise RateLimitedError(wait)
+
+
+# --- in memory ---------------------------------------------------------------------------
+
 class RateLimiter:
+    """Token buckets in this process."""
+
     def __init__(self, per_minute: float, burst: int, *, max_clients: int = 10_000,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.rate = per_minute / 60.0  # tokens per second
@@ -59,6 +100,9 @@ class RateLimiter:
         wait = self.acquire(key)
         if wait > 0:
             raise RateLimitedError(wait)
+
+    async def take(self, key: str) -> float:
+        return self.acquire(key)
 
     def acquire(self, key: str) -> float:
         """Take one token for ``key``: 0.0 when allowed, else seconds until one is free."""
@@ -78,28 +122,153 @@ class RateLimiter:
         return wait
 
 
+class StreamCounter:
+    """Answers in progress per client, in this process (``cap`` 0: no cap)."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self._open: dict[str, int] = {}
+
+    async def open(self, key: str, stream_id: str) -> bool:
+        if self.cap and self._open.get(key, 0) >= self.cap:
+            return False
+        self._open[key] = self._open.get(key, 0) + 1
+        return True
+
+    async def close(self, key: str, stream_id: str) -> None:
+        left = self._open.pop(key, 1) - 1
+        if left > 0:
+            self._open[key] = left
+
+
+# --- Redis (several replicas) ----------------------------------------------------------------
+
+# KEYS[1] bucket; ARGV rate (tokens/s), burst, expiry (s). Redis's clock, not the
+# replicas': their clocks may disagree. Returns the wait in seconds as a string.
+_TAKE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
+local b = redis.call('HMGET', KEYS[1], 'tokens', 'seen')
+local tokens = tonumber(b[1]) or burst
+local seen = tonumber(b[2]) or now
+tokens = math.min(burst, tokens + math.max(0, now - seen) * rate)
+local wait = 0
+if tokens >= 1 then tokens = tokens - 1 else wait = (1 - tokens) / rate end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'seen', tostring(now))
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return tostring(wait)
+"""
+# KEYS[1] sorted set of stream ids by start time; ARGV cap, id, ttl (s). 1: opened.
+_OPEN = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[3]))
+if tonumber(ARGV[1]) > 0 and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then
+  return 0
+end
+redis.call('ZADD', KEYS[1], now, ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return 1
+"""
+
+
+def redis_client(url: str, timeout_s: float = 1.0) -> Any:
+    """An asyncio Redis client with short timeouts (it connects on first use)."""
+    import redis.asyncio as redis  # only needed with SEARCH_APP_REDIS_URL
+
+    return redis.Redis.from_url(url, socket_timeout=timeout_s,
+                                socket_connect_timeout=timeout_s, decode_responses=True)
+
+
+class _Redis:
+    """What both Redis counters share: the client, a key prefix, failing open."""
+
+    def __init__(self, client: Any, prefix: str) -> None:
+        self.client = client
+        self.prefix = prefix
+        self._warned = 0.0
+
+    def _key(self, key: str) -> str:
+        return f"{self.prefix}:{key}"
+
+    def _outage(self, exc: Exception) -> None:
+        if time.monotonic() - self._warned > 60:  # once a minute, not once a request
+            self._warned = time.monotonic()
+            log.warning("Redis did not answer (%s): limits are not enforced until it "
+                        "does", type(exc).__name__)
+
+
+class RedisRateLimiter(_Redis):
+    """Token buckets in Redis, shared by every replica that uses the same URL."""
+
+    def __init__(self, client: Any, per_minute: float, burst: int,
+                 prefix: str = "search-app:rate") -> None:
+        super().__init__(client, prefix)
+        self.rate = per_minute / 60.0
+        self.burst = burst
+
+    async def take(self, key: str) -> float:
+        if self.rate <= 0:
+            return 0.0
+        expiry = math.ceil(self.burst / self.rate) + 60  # a full bucket is forgotten
+        try:
+            wait = await self.client.eval(_TAKE, 1, self._key(key), repr(self.rate),
+                                          str(self.burst), str(expiry))
+        except Exception as exc:  # noqa: BLE001 - any client or server failure: fail open
+            self._outage(exc)
+            return 0.0
+        return float(wait)
+
+
+class RedisStreamCounter(_Redis):
+    """Answers in progress per client in Redis; an entry older than ``ttl_s`` (longer
+    than any answer) is dropped, so a dead replica's streams stop counting."""
+
+    def __init__(self, client: Any, cap: int, ttl_s: float = 900.0,
+                 prefix: str = "search-app:streams") -> None:
+        super().__init__(client, prefix)
+        self.cap = cap
+        self.ttl_s = ttl_s
+
+    async def open(self, key: str, stream_id: str) -> bool:
+        try:
+            return bool(await self.client.eval(_OPEN, 1, self._key(key), str(self.cap),
+                                               stream_id, str(int(self.ttl_s))))
+        except Exception as exc:  # noqa: BLE001
+            self._outage(exc)
+            return True
+
+    async def close(self, key: str, stream_id: str) -> None:
+        try:
+            await self.client.zrem(self._key(key), stream_id)
+        except Exception as exc:  # noqa: BLE001
+            self._outage(exc)
+
+
+# --- the middleware ----------------------------------------------------------------------
+
 class RateLimitMiddleware:
     """429 with Retry-After, as a JSON error, for POSTs to the given paths (over the
-    rate, or ``max_streams`` answers already in progress for this client); records the
+    rate, or ``streams.cap`` answers already in progress for this client); records the
     client of every request in :data:`client_key`."""
 
-    def __init__(self, app: ASGIApp, limiter: RateLimiter, paths: Iterable[str],
-                 on_limited: Callable[[], None] | None = None, max_streams: int = 0) -> None:
+    def __init__(self, app: ASGIApp, limiter: TokenBuckets, paths: Iterable[str],
+                 streams: Streams, on_limited: Callable[[], None] | None = None) -> None:
         self.app = app
         self.limiter = limiter
+        self.streams = streams
         self.paths = frozenset(paths)
         self.on_limited = on_limited
-        self.max_streams = max_streams
-        self._streams: dict[str, int] = {}
 
-    def _refuse(self, key: str) -> RateLimitedError | None:
-        if self.max_streams and self._streams.get(key, 0) >= self.max_streams:
-            return RateLimitedError(5, f"This client already has {self.max_streams} "
+    async def _refuse(self, key: str, stream_id: str) -> RateLimitedError | None:
+        if not await self.streams.open(key, stream_id):
+            return RateLimitedError(5, f"This client already has {self.streams.cap} "
                                        "answers in progress; retry when one finishes.")
-        try:
-            self.limiter.check(key)
-        except RateLimitedError as exc:
-            return exc
+        wait = await self.limiter.take(key)
+        if wait > 0:
+            await self.streams.close(key, stream_id)
+            return RateLimitedError(wait)
         return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -113,7 +282,8 @@ class RateLimitMiddleware:
             if scope["method"] != "POST" or scope["path"] not in self.paths:
                 await self.app(scope, receive, send)
                 return
-            refused = self._refuse(key)
+            stream_id = uuid.uuid4().hex
+            refused = await self._refuse(key, stream_id)
             if refused is not None:
                 if self.on_limited is not None:
                     self.on_limited()
@@ -121,12 +291,9 @@ class RateLimitMiddleware:
                     "Retry-After": str(refused.retry_after)})
                 await response(scope, receive, send)
                 return
-            self._streams[key] = self._streams.get(key, 0) + 1
             try:  # the whole response, streaming included
                 await self.app(scope, receive, send)
             finally:
-                left = self._streams.pop(key) - 1
-                if left:
-                    self._streams[key] = left
+                await self.streams.close(key, stream_id)
         finally:
             client_key.reset(token)

@@ -1,29 +1,41 @@
-"""Finished answers, threads and Lepton replays in one SQLite file (WAL).
+"""Finished answers, threads, Lepton replays and accounts: SQLite or PostgreSQL.
 
-Why SQLite: zero setup on a fresh machine, one file under ``data_dir``, and WAL lets the
-share pages read while an answer is written. Several replicas would share Postgres
-instead (docs/deployment); this module is the seam. Only finished answers are written,
-in one transaction, so a client that disconnects leaves nothing half-stored.
+Why two databases behind one class: SQLite needs no setup on a fresh machine (one file
+under ``data_dir``, WAL so share pages read while an answer is written); PostgreSQL is
+what several replicas share (``SEARCH_APP_STORE_URL=postgresql://...``). The SQL is the
+same for both (upserts with ``ON CONFLICT``, ``?`` placeholders turned into psycopg's
+``%s``); only the column types and the connection differ. Only finished answers are
+written, in one transaction, so a client that disconnects leaves nothing half-stored.
+
+Schema changes are numbered migrations applied at open (``schema_version``; under an
+advisory lock on PostgreSQL, so replicas starting together do not race): the small,
+dependency-free equivalent of Alembic for a handful of tables.
 
 Calls are synchronous and fast; the async wrappers run them in a worker thread so the
-event loop never waits on the disk.
+event loop never waits on the disk or the network.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from retrieval.sqlite_wal import connect_wal
 
-__all__ = ["AnswerRecord", "Store"]
+__all__ = ["AnswerRecord", "Store", "is_postgres_url"]
 
-_SCHEMA = """
+# Numbered migrations, each {dialect: statements}; version N is the N-th entry. Version
+# 1 matches the tables of stores made before migrations existed (IF NOT EXISTS), so an
+# old SQLite file is adopted as it is.
+_MIGRATIONS: list[dict[str, str]] = [
+    {"sqlite": """
 CREATE TABLE IF NOT EXISTS threads (
     id TEXT PRIMARY KEY, client_id TEXT, title TEXT NOT NULL, created REAL NOT NULL,
     updated REAL NOT NULL);
@@ -35,8 +47,34 @@ CREATE TABLE IF NOT EXISTS answers (
     created REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS answers_thread ON answers (thread_id, position);
 CREATE TABLE IF NOT EXISTS lepton (
-    search_uuid TEXT PRIMARY KEY, body TEXT NOT NULL, created REAL NOT NULL);
-"""
+    search_uuid TEXT PRIMARY KEY, body TEXT NOT NULL, created REAL NOT NULL)""",
+     "postgres": """
+CREATE TABLE IF NOT EXISTS threads (
+    id TEXT PRIMARY KEY, client_id TEXT, title TEXT NOT NULL,
+    created DOUBLE PRECISION NOT NULL, updated DOUBLE PRECISION NOT NULL);
+CREATE INDEX IF NOT EXISTS threads_client ON threads (client_id, updated);
+CREATE TABLE IF NOT EXISTS answers (
+    id TEXT PRIMARY KEY, thread_id TEXT NOT NULL REFERENCES threads(id),
+    client_id TEXT, position INTEGER NOT NULL, query TEXT NOT NULL,
+    search_query TEXT NOT NULL, answer TEXT NOT NULL, record TEXT NOT NULL,
+    created DOUBLE PRECISION NOT NULL);
+CREATE INDEX IF NOT EXISTS answers_thread ON answers (thread_id, position);
+CREATE TABLE IF NOT EXISTS lepton (
+    search_uuid TEXT PRIMARY KEY, body TEXT NOT NULL, created DOUBLE PRECISION NOT NULL)"""},
+    {"sqlite": """
+CREATE TABLE IF NOT EXISTS users (
+    name TEXT PRIMARY KEY, password_hash TEXT NOT NULL, key_digest BLOB UNIQUE,
+    created REAL NOT NULL)""",
+     "postgres": """
+CREATE TABLE IF NOT EXISTS users (
+    name TEXT PRIMARY KEY, password_hash TEXT NOT NULL, key_digest BYTEA UNIQUE,
+    created DOUBLE PRECISION NOT NULL)"""},
+]
+SCHEMA_VERSION = len(_MIGRATIONS)
+
+
+def is_postgres_url(location: str) -> bool:
+    return location.startswith(("postgresql://", "postgres://"))
 
 
 @dataclass
@@ -65,16 +103,67 @@ class AnswerRecord:
 
 
 # A user waits for the save before `done`: another process holding the database (a
-# backup, a stray sqlite3 shell) costs at most this long, then a store_failed error.
+# backup, a stray sqlite3 shell, a long lock in PostgreSQL) costs at most this long,
+# then a store_failed error.
 BUSY_TIMEOUT_S = 5.0
 
 
 class Store:
-    def __init__(self, path: str | Path, busy_timeout_s: float = BUSY_TIMEOUT_S) -> None:
-        self.path = Path(path)
+    """``location``: a SQLite file path, or a ``postgresql://`` URL."""
+
+    def __init__(self, location: str | Path, busy_timeout_s: float = BUSY_TIMEOUT_S) -> None:
+        self.location = str(location)
+        self.postgres = is_postgres_url(self.location)
+        self.path = None if self.postgres else Path(location)
+        self._busy_timeout_s = busy_timeout_s
         self._lock = threading.Lock()
-        self._db = connect_wal(path, busy_timeout_s)
-        self._db.executescript(_SCHEMA)
+        self._db: Any = self._connect()
+        self._migrate()
+
+    def _connect(self) -> Any:
+        if not self.postgres:
+            return connect_wal(self.location, self._busy_timeout_s)
+        import psycopg  # only needed with a PostgreSQL store
+
+        db = psycopg.connect(self.location, autocommit=True, connect_timeout=10)
+        db.execute(f"SET lock_timeout = {int(self._busy_timeout_s * 1000)}")
+        db.execute("SET statement_timeout = 30000")
+        return db
+
+    def _sql(self, sql: str) -> str:
+        return sql.replace("?", "%s") if self.postgres else sql
+
+    def _run(self, sql: str, params: tuple[Any, ...] = ()) -> Any:
+        return self._db.execute(self._sql(sql), params)
+
+    @contextlib.contextmanager
+    def _session(self, write: bool = False) -> Iterator[None]:
+        """The lock, a live connection (PostgreSQL: reconnect after the server went
+        away), and for writes one transaction: committed, or rolled back on error."""
+        with self._lock:
+            if self.postgres and (self._db.closed or self._db.broken):
+                self._db = self._connect()
+            if not write:
+                yield
+            elif self.postgres:
+                with self._db.transaction():
+                    yield
+            else:
+                with self._db:
+                    yield
+
+    def _migrate(self) -> None:
+        dialect = "postgres" if self.postgres else "sqlite"
+        with self._session(write=True):
+            if self.postgres:  # replicas starting together take turns
+                self._run("SELECT pg_advisory_xact_lock(7406)")
+            self._run("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            current = self._run("SELECT MAX(version) FROM schema_version").fetchone()[0] or 0
+            for version in range(current + 1, SCHEMA_VERSION + 1):
+                for statement in _MIGRATIONS[version - 1][dialect].split(";"):
+                    if statement.strip():
+                        self._run(statement)
+                self._run("INSERT INTO schema_version VALUES (?)", (version,))
 
     def close(self) -> None:
         with self._lock:
@@ -85,63 +174,105 @@ class Store:
     def save_answer(self, record: AnswerRecord) -> None:
         """Insert the answer and create or touch its thread, atomically."""
         now = record.created or time.time()
-        with self._lock, self._db:
-            self._db.execute(
+        with self._session(write=True):
+            self._run(
                 "INSERT INTO threads (id, client_id, title, created, updated) "
                 "VALUES (?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET updated=excluded.updated",
                 (record.thread_id, record.client_id, record.query[:200], now, now))
-            position = self._db.execute(
-                "SELECT COUNT(*) FROM answers WHERE thread_id=?", (record.thread_id,)
-            ).fetchone()[0]
-            self._db.execute(
+            position = self._run("SELECT COUNT(*) FROM answers WHERE thread_id=?",
+                                 (record.thread_id,)).fetchone()[0]
+            self._run(
                 "INSERT INTO answers VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (record.id, record.thread_id, record.client_id, position, record.query,
                  record.search_query, record.answer, json.dumps(record.events), now))
 
     def get_answer(self, answer_id: str) -> AnswerRecord | None:
-        with self._lock:
-            row = self._db.execute(
+        with self._session():
+            row = self._run(
                 "SELECT id, thread_id, client_id, query, search_query, answer, record, "
                 "created FROM answers WHERE id=?", (answer_id,)).fetchone()
         return None if row is None else _record(row)
 
     def thread_exists(self, thread_id: str) -> bool:
-        with self._lock:
-            return self._db.execute("SELECT 1 FROM threads WHERE id=?",
-                                    (thread_id,)).fetchone() is not None
+        with self._session():
+            return self._run("SELECT 1 FROM threads WHERE id=?",
+                             (thread_id,)).fetchone() is not None
 
     def thread(self, thread_id: str) -> list[AnswerRecord] | None:
         """The thread's answers in order; None when the thread is unknown."""
         if not self.thread_exists(thread_id):
             return None
-        with self._lock:
-            rows = self._db.execute(
+        with self._session():
+            rows = self._run(
                 "SELECT id, thread_id, client_id, query, search_query, answer, record, "
                 "created FROM answers WHERE thread_id=? ORDER BY position",
                 (thread_id,)).fetchall()
         return [_record(r) for r in rows]
 
+    def thread_owner(self, thread_id: str) -> str | None:
+        """The client (or ``user:NAME``) that started the thread; None if unknown."""
+        with self._session():
+            row = self._run("SELECT client_id FROM threads WHERE id=?",
+                            (thread_id,)).fetchone()
+        return row[0] if row else None
+
     def history(self, client_id: str, limit: int = 50) -> list[dict[str, Any]]:
         """A client's threads, newest first."""
-        with self._lock:
-            rows = self._db.execute(
+        with self._session():
+            rows = self._run(
                 "SELECT t.id, t.title, t.created, t.updated, COUNT(a.id) FROM threads t "
                 "LEFT JOIN answers a ON a.thread_id = t.id WHERE t.client_id=? "
                 "GROUP BY t.id ORDER BY t.updated DESC LIMIT ?", (client_id, limit)).fetchall()
         return [{"thread_id": r[0], "title": r[1], "created": r[2], "updated": r[3],
                  "answers": r[4]} for r in rows]
 
+    # --- users (multi-user mode; hashing and rules in search_app/users.py) -----------
+
+    def add_user(self, name: str, password_hash: str, key_digest: bytes) -> bool:
+        """False when the name is taken."""
+        with self._session(write=True):
+            return self._run(
+                "INSERT INTO users VALUES (?, ?, ?, ?) ON CONFLICT(name) DO NOTHING",
+                (name, password_hash, key_digest, time.time())).rowcount == 1
+
+    def remove_user(self, name: str) -> bool:
+        with self._session(write=True):
+            return self._run("DELETE FROM users WHERE name=?", (name,)).rowcount == 1
+
+    def set_user_key(self, name: str, key_digest: bytes) -> bool:
+        with self._session(write=True):
+            return self._run("UPDATE users SET key_digest=? WHERE name=?",
+                             (key_digest, name)).rowcount == 1
+
+    def users(self) -> list[tuple[str, float]]:
+        with self._session():
+            return [(r[0], r[1]) for r in self._run(
+                "SELECT name, created FROM users ORDER BY name").fetchall()]
+
+    def user_password_hash(self, name: str) -> str | None:
+        with self._session():
+            row = self._run("SELECT password_hash FROM users WHERE name=?",
+                            (name,)).fetchone()
+        return row[0] if row else None
+
+    def user_by_key(self, key_digest: bytes) -> str | None:
+        with self._session():
+            row = self._run("SELECT name FROM users WHERE key_digest=?",
+                            (key_digest,)).fetchone()
+        return row[0] if row else None
+
     # --- search_with_lepton replays ------------------------------------------------
 
     def save_lepton(self, search_uuid: str, body: str) -> None:
-        with self._lock, self._db:
-            self._db.execute("INSERT OR REPLACE INTO lepton VALUES (?, ?, ?)",
-                             (search_uuid, body, time.time()))
+        with self._session(write=True):
+            self._run("INSERT INTO lepton VALUES (?, ?, ?) ON CONFLICT(search_uuid) DO "
+                      "UPDATE SET body=excluded.body, created=excluded.created",
+                      (search_uuid, body, time.time()))
 
     def get_lepton(self, search_uuid: str) -> str | None:
-        with self._lock:
-            row = self._db.execute("SELECT body FROM lepton WHERE search_uuid=?",
-                                   (search_uuid,)).fetchone()
+        with self._session():
+            row = self._run("SELECT body FROM lepton WHERE search_uuid=?",
+                            (search_uuid,)).fetchone()
         return None if row is None else str(row[0])
 
     # --- async wrappers (worker thread) ----------------------------------------------
@@ -157,6 +288,9 @@ class Store:
 
     async def ahistory(self, client_id: str, limit: int = 50) -> list[dict[str, Any]]:
         return await asyncio.to_thread(self.history, client_id, limit)
+
+    async def athread_owner(self, thread_id: str) -> str | None:
+        return await asyncio.to_thread(self.thread_owner, thread_id)
 
     async def asave_lepton(self, search_uuid: str, body: str) -> None:
         await asyncio.to_thread(self.save_lepton, search_uuid, body)

@@ -237,3 +237,25 @@ def test_upstream_garbage_examples(data: str) -> None:
         parse_stream_event(data)
     except ServingError as exc:
         assert exc.status_code == 502
+
+
+@PROPERTY
+@given(st.sampled_from(sorted(EVENT_NAMES)), st.text(max_size=200), sizes)
+def test_sse_framing_round_trips_through_the_client_decoder(name: str, text: str,
+                                                            cuts: list[int]) -> None:
+    """What sse-starlette frames (any text, line breaks included), httpx-sse (the
+    client's decoder) reads back whole, however the bytes are cut on the way."""
+    from httpx_sse._decoders import SSEDecoder, SSELineDecoder
+    from sse_starlette import ServerSentEvent as Outgoing
+
+    payload = json.dumps({"text": text})  # events carry JSON: one line, as the app sends
+    for data in (payload, text):
+        wire = Outgoing(data=data, event=name).encode().decode()
+        lines, decoder, events = SSELineDecoder(), SSEDecoder(), []
+        for piece in chunked(wire, cuts) + [""]:
+            for line in lines.decode(piece) if piece else lines.flush():
+                event = decoder.decode(line)
+                if event is not None:
+                    events.append(event)
+        assert [(e.event, e.data) for e in events] == [
+            (name, data.replace("\r\n", "\n").replace("\r", "\n"))]

@@ -12,10 +12,18 @@ from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
-from search_app.deps import CLIENT_COOKIE, ClientIdDep, PipelineDep, SettingsDep, StoreDep
+from search_app.deps import (
+    CLIENT_COOKIE,
+    ClientIdDep,
+    PipelineDep,
+    SettingsDep,
+    StoreDep,
+    UserDep,
+)
 from search_app.events import ErrorEvent
 from search_app.grounding import strip_citations
 from search_app.pipeline import AnswerRequest
+from search_app.store import AnswerRecord, Store
 from serving.errors import BadRequestError
 from serving.protocol import reject_surrogates
 
@@ -58,18 +66,17 @@ class SearchRequest(BaseModel):
                               "description": "Server-Sent Events, JSON data; see "
                                              "docs/search-api.md"}})
 async def search(body: SearchRequest, pipeline: PipelineDep, store: StoreDep,
-                 settings: SettingsDep, client: ClientIdDep) -> EventSourceResponse:
+                 settings: SettingsDep, client: ClientIdDep, user: UserDep
+                 ) -> EventSourceResponse:
     """Answer a question as a stream of named events (search, sources, delta, ...)."""
     if body.provider is not None and body.provider not in pipeline.chains:
         raise BadRequestError(f"Unknown provider {body.provider!r}; configured: "
                               f"{', '.join(pipeline.chains)}.", param="provider")
     history: list[tuple[str, str]] = []
     if body.thread_id is not None:
-        turns = await store.athread(body.thread_id)
-        if turns is None:
-            raise HTTPException(404, f"Thread {body.thread_id!r} not found.")
+        turns = await _own_thread(store, body.thread_id, user)
         history = [(t.query, strip_citations(t.answer)) for t in turns]
-    client_id = client or uuid.uuid4().hex
+    client_id = user or client or uuid.uuid4().hex
     request = AnswerRequest(query=body.query, history=history,
                             thread_id=body.thread_id or uuid.uuid4().hex,
                             client_id=client_id, provider=body.provider,
@@ -88,7 +95,7 @@ async def search(body: SearchRequest, pipeline: PipelineDep, store: StoreDep,
             yield ServerSentEvent(data=error.model_dump_json(), event=error.name)
 
     response = EventSourceResponse(events(), ping=settings.sse_ping_s)
-    if client is None:
+    if client is None and user is None:
         response.set_cookie(CLIENT_COOKIE, client_id, max_age=365 * 24 * 3600,
                             httponly=True, samesite="lax")
     return response
@@ -103,20 +110,28 @@ async def stored_answer(search_id: str, store: StoreDep) -> dict[str, Any]:
     return record.as_dict()
 
 
-@router.get("/threads/{thread_id}")
-async def thread(thread_id: str, store: StoreDep) -> dict[str, Any]:
+async def _own_thread(store: Store, thread_id: str, user: str | None) -> list[AnswerRecord]:
+    """The thread's answers; 404 when it does not exist or, for a signed-in user of
+    multi-user mode, is somebody else's (the same answer: nothing tells them apart)."""
     turns = await store.athread(thread_id)
-    if turns is None:
+    if turns is None or (user is not None and await store.athread_owner(thread_id) != user):
         raise HTTPException(404, f"Thread {thread_id!r} not found.")
+    return turns
+
+
+@router.get("/threads/{thread_id}")
+async def thread(thread_id: str, store: StoreDep, user: UserDep) -> dict[str, Any]:
+    turns = await _own_thread(store, thread_id, user)
     return {"thread_id": thread_id, "answers": [t.as_dict() for t in turns]}
 
 
 @router.get("/history")
-async def history(store: StoreDep, client: ClientIdDep,
+async def history(store: StoreDep, client: ClientIdDep, user: UserDep,
                   client_id: str | None = Query(None, max_length=100),
                   limit: int = Query(50, ge=1, le=500)) -> dict[str, Any]:
-    """The threads of a client (query parameter, X-Client-Id header or cookie)."""
-    who = client_id or client
+    """The threads of a client (query parameter, X-Client-Id header or cookie); for a
+    signed-in user of multi-user mode, always their own."""
+    who = user or client_id or client
     if not who:
         raise BadRequestError("Give client_id (query), an X-Client-Id header or the "
                               "client cookie.", param="client_id")

@@ -20,7 +20,7 @@ import httpx
 from search_app.access import SESSION_COOKIE, Sessions, safe_next
 from search_app.app import create_app
 from search_app.config import Settings
-from search_app.ratelimit import RateLimiter, RateLimitMiddleware
+from search_app.ratelimit import RateLimiter, RateLimitMiddleware, StreamCounter
 from serving.auth import KeyRing
 
 KEYS = ["first-key-abc", "second-key-xyz"]
@@ -229,7 +229,7 @@ async def test_concurrent_stream_cap() -> None:
         await send({"type": "http.response.body", "body": b"ok"})
 
     app = RateLimitMiddleware(slow_app, RateLimiter(0, 1), paths=["/api/search"],
-                              max_streams=2)
+                              streams=StreamCounter(2))
 
     async def post(key: str) -> httpx.Response:
         transport = httpx.ASGITransport(app=app, client=(key, 1))

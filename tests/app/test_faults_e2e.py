@@ -263,3 +263,26 @@ async def test_disconnect_leaves_no_task_and_no_running_generation(tmp_path: Pat
     finally:
         server.should_exit = True
         await serving
+
+
+async def test_a_full_disk_is_a_clear_error_and_nothing_is_corrupted(tmp_path: Path) -> None:
+    """SQLite's own "database or disk is full" (SQLITE_FULL), made real by capping the
+    database's pages at its current size: the answer ends with store_failed saying so,
+    the file stays sound, and once there is room again answers are stored."""
+    app, store = make_app(tmp_path, ScriptedEngine())
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                 base_url="http://t") as c:
+        first = parse_sse((await c.post("/api/search", json={"query": QUESTION})).text)
+        assert first[-1][0] == "done"
+        pages = store._db.execute("PRAGMA page_count").fetchone()[0]
+        store._db.execute(f"PRAGMA max_page_count={pages}")  # the disk is full now
+        full = parse_sse((await c.post("/api/search", json={"query": QUESTION})).text)
+        assert full[-1][0] == "error" and full[-1][1]["code"] == "store_failed"
+        assert "database or disk is full" in full[-1][1]["message"]
+        assert (await c.get(f"/api/search/{full[0][1]['search_id']}")).status_code == 404
+        store._db.execute("PRAGMA max_page_count=1073741823")  # room again
+        again = parse_sse((await c.post("/api/search", json={"query": QUESTION})).text)
+        assert again[-1][0] == "done"
+        assert (await c.get(f"/api/search/{again[0][1]['search_id']}")).status_code == 200
+    assert store._db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    store.close()

@@ -11,6 +11,8 @@ share link still opens for someone who has no key.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +23,7 @@ import pytest
 
 from tests.app.support import parse_sse
 from tests.conftest import API_KEY
-from tests.support.server import ServerProcess, run_server
+from tests.support.server import ROOT, ServerProcess, run_server
 from tests.ui.chromium import ARGS, BROWSER_MARKS, CHROMIUM
 
 playwright_sync = pytest.importorskip("playwright.sync_api")
@@ -176,3 +178,75 @@ def test_no_secret_in_any_byte(locked_app: ServerProcess) -> None:
     assert "answer engine ready" in log and "POST /login" in log  # it was logging
     for secret in SECRETS:
         assert secret not in log, secret
+
+
+PASSWORDS = {"alice": "alice-password-1", "bob": "bob-password-22"}
+
+
+@pytest.fixture(scope="module")
+def accounts_app(llama_server: ServerProcess, artifacts_dir: Path,
+                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """Multi-user mode; the accounts are made with the CLI, as an admin would."""
+    data = tmp_path_factory.mktemp("accounts")
+    store = data / "store.sqlite"
+    for name, password in PASSWORDS.items():
+        made = subprocess.run([sys.executable, "-m", "search_app.cli", "users", "add", name,
+                               "--password-stdin", "--store-path", str(store)],
+                              input=password + "\n", capture_output=True, text=True,
+                              cwd=ROOT, timeout=120)
+        assert made.returncode == 0, made.stderr
+    env = {"SEARCH_APP_UPSTREAM_API_KEY": API_KEY, "SEARCH_APP_DATA_DIR": str(ROOT / "data")}
+    with run_server(["serve", "--engine", "openai", "--upstream-url",
+                     f"{llama_server.url}/v1", "--multi-user", "--provider", "local",
+                     "--store-path", str(store)], env=env,
+                    log_path=artifacts_dir / "accounts_app.log") as server:
+        for _ in range(240):
+            r = httpx.get(f"{server.url}/health")
+            if r.status_code == 200 and "answer engine ready" in server.log():
+                break
+            time.sleep(0.5)
+        yield server
+
+
+def _sign_in(browser: Any, url: str, name: str) -> tuple[Any, Any]:
+    context = browser.new_context()
+    page = context.new_page()
+    page.goto(url + "/")
+    assert "/login" in page.url
+    page.fill("#name", name)
+    page.fill("#password", PASSWORDS[name])
+    page.click("button[type=submit]")
+    page.wait_for_url(url + "/")
+    return context, page
+
+
+def test_two_users_each_see_only_their_own(accounts_app: ServerProcess, browser: Any) -> None:
+    url = accounts_app.url
+    alice_ctx, alice = _sign_in(browser, url, "alice")
+    alice.fill("#q", QUESTION)
+    alice.keyboard.press("Enter")
+    turn = alice.locator("article.turn").first
+    turn.locator("xpath=self::*[@aria-busy='false']").wait_for(timeout=ANSWER_MS)
+    assert turn.locator(".error").is_hidden(), turn.locator(".error").inner_text()
+    thread_url = alice.url
+    assert "/t/" in thread_url
+    alice.click("#history-btn")
+    alice.locator("#history-list a.hist").first.wait_for(timeout=10_000)
+    assert alice.locator("#history-list a.hist").first.inner_text() == QUESTION
+    listed = alice.evaluate(
+        "async () => (await (await fetch('/api/history')).json()).threads[0].thread_id")
+    assert thread_url.endswith(listed)
+
+    bob_ctx, bob = _sign_in(browser, url, "bob")
+    bob.click("#history-btn")
+    bob.locator("#history-list li.none").wait_for(timeout=10_000)
+    assert bob.locator("#history-list li.none").inner_text() == "No searches yet."
+    bob.goto(thread_url)  # alice's conversation, by its address
+    error = bob.locator("article.turn .error").first
+    error.wait_for(timeout=30_000)
+    assert "not stored here" in error.inner_text()
+    shared = httpx.get(f"{url}/api/threads/{thread_url.rsplit('/', 1)[1]}",
+                       headers={"Authorization": "Bearer nope"})
+    assert shared.status_code == 401
+    alice_ctx.close()
+    bob_ctx.close()
