@@ -48,6 +48,7 @@ class Stream:
     sources_ms: float | None = None
     total_ms: float = 0.0
     ending: str = "none"            # done | error | http_error | dropped | truncated
+    error_code: str | None = None   # the error event's code, or the HTTP error's type
     problem: str | None = None      # a protocol error, described
 
     @property
@@ -64,7 +65,7 @@ async def one_stream(client: httpx.AsyncClient, url: str, question: str) -> Stre
             if r.status_code != 200:
                 body = await r.aread()
                 try:
-                    json.loads(body)["error"]["message"]
+                    out.error_code = str(json.loads(body)["error"]["type"])
                     out.ending = "http_error"
                 except (ValueError, KeyError, TypeError):
                     out.problem = f"HTTP {r.status_code} without a JSON error body"
@@ -75,9 +76,12 @@ async def one_stream(client: httpx.AsyncClient, url: str, question: str) -> Stre
                     name = line[7:]
                 elif line.startswith("data: ") and name:
                     try:
-                        json.loads(line[6:])
+                        data = json.loads(line[6:])
                     except ValueError:
                         out.problem = f"malformed {name} event"
+                        data = {}
+                    if name == "error":
+                        out.error_code = str(data.get("code"))
                     out.events.append(name)
                     ms = (time.perf_counter() - started) * 1000
                     if name == "sources" and out.sources_ms is None:
@@ -132,13 +136,17 @@ def summarise(streams: list[Stream], model_ms: float) -> dict[str, Any]:
     for s in streams:
         endings[s.ending] = endings.get(s.ending, 0) + 1
     errors: dict[str, int] = {}
+    codes: dict[str, int] = {}
     for s in streams:
         if s.problem:
             errors[s.problem] = errors.get(s.problem, 0) + 1
+        if s.error_code:
+            codes[s.error_code] = codes.get(s.error_code, 0) + 1
     return {
         "streams": len(streams), "clean": sum(s.clean for s in streams),
         "protocol_errors": sum(1 for s in streams if s.problem), "problems": errors,
-        "endings": endings, "http_statuses": sorted({s.status for s in streams}),
+        "endings": endings, "error_codes": codes,
+        "http_statuses": sorted({s.status for s in streams}),
         "sources_ms": {"p50": p([s.sources_ms for s in ok if s.sources_ms], 50),
                        "p99": p([s.sources_ms for s in ok if s.sources_ms], 99)},
         "first_delta_ms": {"p50": p(firsts, 50), "p99": p(firsts, 99)},

@@ -107,13 +107,14 @@ def to_markdown(r: dict[str, Any]) -> str:
              f"{r['machine']}; {r['when']}; {r['settings']['clients']} concurrent clients "
              f"for {r['settings']['duration_s']:g} s per run; SmolLM2-135M on llama.cpp "
              "(4 slots) behind the upstream engine.", "",
-             "| replicas | answers | answers/min | ended done | protocol errors | "
-             "first delta p50 / p99 ms | total p50 / p99 ms |",
-             "|---|---|---|---|---|---|---|"]
+             "| replicas | answers | answers/min | ended done | error codes | protocol errors "
+             "| first delta p50 / p99 ms | total p50 / p99 ms |",
+             "|---|---|---|---|---|---|---|---|"]
     for run in r["runs"].values():
         lines.append(
             f"| {run['replicas']} | {run['streams']} | {run['answers_per_min']} | "
-            f"{run['endings'].get('done', 0)} | {run['protocol_errors']} | "
+            f"{run['endings'].get('done', 0)} | {run['error_codes'] or '-'} | "
+            f"{run['protocol_errors']} | "
             f"{run['first_delta_ms']['p50']} / {run['first_delta_ms']['p99']} | "
             f"{run['total_ms']['p50']} / {run['total_ms']['p99']} |")
     lines += ["", "The model server is the bottleneck: both replicas wait on the same "

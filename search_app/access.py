@@ -30,6 +30,7 @@ limits count per key or user, not per address, and the routes know whose data it
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import re
@@ -124,6 +125,19 @@ class Access:
             found = self.users.match_key(key)
         return found
 
+    # The users' side reads the store (a network round trip with PostgreSQL): off the
+    # event loop. Configured keys are checked in memory.
+    async def amatch_key(self, key: str | None) -> str | None:
+        found = self.keys.match(key)
+        if found is None and self.users is not None and key:
+            found = await asyncio.to_thread(self.users.match_key, key)
+        return found
+
+    async def aprincipal_exists(self, principal: str) -> bool:
+        if principal.startswith(USER_PREFIX):
+            return await asyncio.to_thread(self.principal_exists, principal)
+        return self.keys.has_name(principal)
+
 
 def safe_next(target: str | None) -> str:
     """Where to go after signing in: a path on this site only (no ``//host``, no
@@ -160,13 +174,13 @@ class AccessMiddleware:
             return
         headers = Headers(scope=scope)
         state = scope.setdefault("state", {})
-        principal = self.access.match_key(bearer_token(headers.get("authorization")))
+        principal = await self.access.amatch_key(bearer_token(headers.get("authorization")))
         if principal is not None:
             state["principal"] = principal
             await self.app(scope, receive, send)
             return
         session = self.access.sessions.load(_cookie(headers, SESSION_COOKIE))
-        if session is None or not self.access.principal_exists(session.principal):
+        if session is None or not await self.access.aprincipal_exists(session.principal):
             if method in ("GET", "HEAD") and _PAGE.match(path) or (
                     not self.public_share_links and path.startswith("/s/")):
                 target = path + ("?" + scope["query_string"].decode("latin-1")

@@ -62,7 +62,7 @@ async def login(request: Request, key: Annotated[str, Form(max_length=1000)] = "
         principal = await access.users.averify_password(name.strip().lower(), password)
         wrong = "That name and password do not match."
     else:
-        principal, wrong = access.match_key(key), "That key is not valid."
+        principal, wrong = await access.amatch_key(key), "That key is not valid."
     if principal is None:
         return _login_page(request, next_path=target, status=401, error=wrong)
     cookie, _ = access.sessions.issue(principal)

@@ -59,7 +59,7 @@ async def test_context_tokens_caps_the_packed_sources() -> None:
                                                               related=False))]
         system = (engine.requests[0].messages or [])[0]["content"]
         assert limit is None or await engine.count_tokens(
-            system.split("Sources:", 1)[1]) <= limit
+            system.split("<sources>", 1)[1].split("</sources>")[0]) <= limit
         return len(next(e for e in events if isinstance(e, SourcesEvent)).sources)
 
     assert await sources_with(None) == 3

@@ -79,9 +79,10 @@ def test_answers_stream_through_the_balancer(cluster: Cluster) -> None:
                 arrivals.append((line[7:], time.monotonic() - started))
     names = [n for n, _ in arrivals]
     assert names[0] == "search" and names[-1] == "done", names
-    sources = next(t for n, t in arrivals if n == "sources")
-    done = arrivals[-1][1]
-    assert done - sources > 0.3, arrivals  # not buffered until the end
+    first, done = arrivals[0][1], arrivals[-1][1]
+    # Not buffered until the end: the first event arrived long before the last (a
+    # buffering proxy delivers them all within milliseconds of each other).
+    assert first < done / 2 and done - first > 0.1, arrivals
 
 
 def test_what_one_replica_stores_the_other_serves(cluster: Cluster) -> None:

@@ -169,6 +169,11 @@ def test_no_secret_in_any_byte(locked_app: ServerProcess) -> None:
                  "n": 2})
         go("POST", "/v1/completions", headers=auth, json={"prompt": "hi"})
         go("DELETE", "/v1/models", headers=auth)
+        go("GET", "/searxng/search?q=tower&format=json", headers=auth)
+        go("GET", "/searxng/search?q=tower&format=html", headers=auth)
+        go("POST", "/v1/embeddings", headers=auth, json={"model": "nope", "input": "x"})
+        go("POST", "/v1/embeddings", headers=auth,
+           json={"model": "all-MiniLM-L6-v2", "input": ""})
         go("POST", "/api/search", headers=auth, json={"query": QUESTION})  # a real answer
     for r in captured:
         raw = r.content.decode("utf-8", "replace") + repr(r.headers.multi_items())
