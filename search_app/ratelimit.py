@@ -37,8 +37,8 @@ from serving.api import error_response
 from serving.errors import OverloadedError
 
 __all__ = ["RateLimitedError", "RateLimiter", "RateLimitMiddleware", "RedisRateLimiter",
-           "RedisStreamCounter", "StreamCounter", "Streams", "TokenBuckets", "client_key",
-           "redis_client"]
+           "RedisStreamCounter", "StreamCounter", "Streams", "TokenBuckets", "check",
+           "client_key", "redis_client"]
 
 log = logging.getLogger(__name__)
 
@@ -94,12 +94,6 @@ class RateLimiter:
     @property
     def enabled(self) -> bool:
         return self.rate > 0
-
-    def check(self, key: str) -> None:
-        """Take a token or raise :class:`RateLimitedError` (429 with Retry-After)."""
-        wait = self.acquire(key)
-        if wait > 0:
-            raise RateLimitedError(wait)
 
     async def take(self, key: str) -> float:
         return self.acquire(key)
