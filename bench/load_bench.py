@@ -30,6 +30,7 @@ import httpx
 
 from bench.loadgen import percentile
 from bench.procs import free_port, serve_process
+from bench.serving_bench import write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -247,11 +248,7 @@ def main() -> None:
     args = parser.parse_args()
     result = measure(args.streams, args.duration, rate=args.rate, tokens=args.tokens,
                      ttft_ms=args.ttft_ms, grounding=args.grounding)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{args.out}.json").write_text(json.dumps(result, indent=2) + "\n")
-    markdown = to_markdown(result)
-    (RESULTS / f"{args.out}.md").write_text(markdown)
-    print(markdown)
+    write_results(args.out, result, to_markdown(result))
 
 
 if __name__ == "__main__":

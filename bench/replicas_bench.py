@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import platform
 import sys
@@ -28,6 +27,7 @@ import httpx
 
 from bench.load_bench import QUESTIONS, Stream, one_stream, summarise
 from bench.procs import free_port, serve_process
+from bench.serving_bench import write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -129,11 +129,7 @@ def main() -> None:
     parser.add_argument("--out", default="replicas")
     args = parser.parse_args()
     result = measure(args.clients, args.duration)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{args.out}.json").write_text(json.dumps(result, indent=2) + "\n")
-    markdown = to_markdown(result)
-    (RESULTS / f"{args.out}.md").write_text(markdown)
-    print(markdown)
+    write_results(args.out, result, to_markdown(result))
 
 
 if __name__ == "__main__":
