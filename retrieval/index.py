@@ -24,6 +24,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ import numpy as np
 from retrieval.chunking import chunk_text
 from retrieval.corpus import SourceText, iter_files, read_file
 from retrieval.embeddings import EmbeddingCache, EmbeddingModel, SentenceTransformerModel
+from retrieval.filters import NO_FILTERS, SearchFilters
 from retrieval.ranking import (
     DenseIndex,
     RankOptions,
@@ -284,12 +286,17 @@ class LocalIndex:
                                 f"{self.model.model_id!r}: pass --embedding-model "
                                 f"{meta['model_id']} or rebuild the index")
         ids = np.load(folder / "ids.npy")
-        rows = {r[0]: r[1:] for r in self._db.execute(
-            "SELECT p.id, p.source_key, p.position, p.text, s.title, s.url "
-            "FROM passages p JOIN sources s ON s.key = p.source_key")}
+        rows, dates = {}, {}
+        for r in self._db.execute(
+                "SELECT p.id, p.source_key, p.position, p.text, s.title, s.url, s.kind, "
+                "s.mtime FROM passages p JOIN sources s ON s.key = p.source_key"):
+            rows[r[0]] = r[1:6]
+            if r[6] == "file" and r[7]:  # a file's date is its modification day (UTC)
+                dates[r[5]] = datetime.fromtimestamp(r[7], UTC).date().isoformat()
         vectors = np.load(folder / "vectors.npy")
         self._loaded = {
             "passages": [rows[int(i)] for i in ids],
+            "dates": dates,  # url -> ISO date, for the documents that have one
             "vectors": vectors,
             "dense": DenseIndex(vectors, gpu=gpu_resources() if self._use_gpu in (None, True)
                                 else None),
@@ -298,18 +305,36 @@ class LocalIndex:
         self._loaded_stamp = stamp
         return self._loaded
 
-    def passages(self, query: str, k: int = 8, *, max_per_source: int | None = None
-                 ) -> list[Passage]:
-        """Top passages; ``source_id`` numbers their documents in order of appearance."""
+    def passages(self, query: str, k: int = 8, *, max_per_source: int | None = None,
+                 filters: SearchFilters = NO_FILTERS) -> list[Passage]:
+        """Top passages; ``source_id`` numbers their documents in order of appearance.
+
+        With filters, both retrievers search only the passages that pass them (exact
+        scores over that subset), so a narrow site or date filter still finds its best
+        passages instead of whatever of the global top candidates survives it."""
         snap = self.load()
         rows = snap["passages"]
         if not rows or k <= 0:
             return []
         n = self.options.candidates
         query_vector = self.model.embed_multi([query])[0]
-        ids, scores = snap["dense"].search(query_vector, n)
-        dense = dict(zip(ids.tolist(), scores.tolist(), strict=True))
         bm25 = snap["sparse"].scores(query)
+        if filters.active:
+            dates = snap["dates"]
+            allowed = np.fromiter(
+                (filters.admits_url(r[4]) and filters.admits_date(dates.get(r[4]),
+                                                                  trust_undated=False)
+                 for r in rows), dtype=bool, count=len(rows))
+            subset = np.flatnonzero(allowed)
+            if not subset.size:
+                return []
+            sims = snap["vectors"][subset] @ np.asarray(query_vector, dtype=np.float32)
+            order = np.argsort(-sims)[:n]
+            ids, scores = subset[order], sims[order]
+            bm25 = np.where(allowed, bm25, 0.0)
+        else:
+            ids, scores = snap["dense"].search(query_vector, n)
+        dense = dict(zip(ids.tolist(), scores.tolist(), strict=True))
         top = np.argpartition(-bm25, min(n, len(bm25) - 1))[:n]
         sparse = {int(i): float(bm25[i]) for i in top if bm25[i] > 0}
         candidates = _Rows(rows)
@@ -321,14 +346,18 @@ class LocalIndex:
         return [replace(p, source_id=numbers.setdefault(p.url, len(numbers) + 1))
                 for p in ranked]
 
-    def search(self, query: str, k: int = 10) -> list[SearchResult]:
+    def search(self, query: str, k: int = 10, filters: SearchFilters = NO_FILTERS
+               ) -> list[SearchResult]:
         """The ``local`` search provider: one result per document, best passage as snippet."""
+        passages = self.passages(query, k, max_per_source=1, filters=filters)
+        dates = self.load()["dates"]
         return [SearchResult(title=p.title, url=p.url, snippet=p.text, provider="local",
-                             rank=i) for i, p in
-                enumerate(self.passages(query, k, max_per_source=1), 1)]
+                             rank=i, published=dates.get(p.url))
+                for i, p in enumerate(passages, 1)]
 
-    async def asearch(self, query: str, k: int = 10) -> list[SearchResult]:
-        return await asyncio.to_thread(self.search, query, k)
+    async def asearch(self, query: str, k: int = 10, filters: SearchFilters = NO_FILTERS
+                      ) -> list[SearchResult]:
+        return await asyncio.to_thread(self.search, query, k, filters)
 
     def close(self) -> None:
         self._db.close()

@@ -9,8 +9,9 @@ exist. So every request passes here first and is sorted into one of three kinds:
                 public_share_links is off: a link is made to be passed on
     page        the browser UI's pages (/, /t/{id}): without a session, a redirect to
                 /login
-    everything else (/api/*, /query, /searxng/*, /v1/*, unknown paths): a Bearer key or
-                a session cookie, else 401 in OpenAI's error shape
+    everything else (/api/*, /query, /searxng/*, /v1/*, /mcp, unknown paths): a Bearer
+                key or a session cookie, else 401 in OpenAI's error shape (MCP
+                clients send the key as a header: search_app/mcp_server.py)
 
 Browsers sign in once at ``/login`` with a key and get a session cookie: signed
 (itsdangerous, a secret derived from the keys unless ``session_secret`` is set),

@@ -29,9 +29,12 @@ from retrieval.reader import PageReader
 from search_app import routes
 from search_app.access import Access, AccessMiddleware, Sessions
 from search_app.calibration import calibrate_relevance
+from search_app.collections import UPLOAD_PATH, CollectionLimits, Collections
 from search_app.config import Settings
 from search_app.deps import AnswerServices, answer_services
 from search_app.grounding import RELEVANCE_THRESHOLD, Grounder
+from search_app.mcp_server import lifespan_with_mcp
+from search_app.mcp_server import mount as mount_mcp
 from search_app.metrics import AnswerMetrics
 from search_app.openai_face import AnswerAgent
 from search_app.pipeline import AnswerPipeline
@@ -70,8 +73,8 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(
         title="search-app",
         description="Self-hosted AI search with an OpenAI-compatible model server.",
-        lifespan=background_lifespan(
-            lambda stack: _load(app, settings, options, registry, stack)),
+        lifespan=lifespan_with_mcp(background_lifespan(
+            lambda stack: _load(app, settings, options, registry, stack))),
     )
     app.state.settings = settings
     app.state.store = None
@@ -82,16 +85,18 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.answer_metrics = metrics
     limiter, streams, login_limiter = _limits(app, settings)
 
-    async def limit() -> None:
+    async def limit(key: str | None = None) -> None:  # key: MCP's caller (the principal)
         try:
-            await check(limiter, client_key.get())
+            await check(limiter, key or client_key.get())
         except RateLimitedError:
             metrics.rate_limited.inc()
             raise
 
-    registry.agents[settings.answer_model] = AnswerAgent(
-        settings.answer_model, lambda: answer_services(app).pipeline,
-        lambda: registry.default_engine.info.context_length, limit=limit)
+    for name, mode in ((settings.answer_model, "quick"),
+                       (f"{settings.answer_model}-research", "research")):
+        registry.agents[name] = AnswerAgent(
+            name, lambda: answer_services(app).pipeline,
+            lambda: registry.default_engine.info.context_length, limit=limit, mode=mode)
     # Added before api.install, so it runs inside auth and CORS: an unauthenticated
     # request costs no token, limits count per key, and a 429 still carries CORS headers.
     app.add_middleware(RateLimitMiddleware, paths=_ANSWER_PATHS, limiter=limiter,
@@ -102,8 +107,11 @@ def create_app(settings: Settings) -> FastAPI:
         "access": app.state.access, "protect_metrics": settings.protect_metrics,
         "public_share_links": settings.public_share_links})
     api.install(app, api_keys=options.api_keys, cors_origins=options.cors_origins,
-                max_body_bytes=options.max_body_bytes, auth=auth)
+                max_body_bytes=options.max_body_bytes, auth=auth,
+                # uploads: the file's cap plus room for the multipart framing
+                body_limits={UPLOAD_PATH: settings.upload_max_bytes + 64 * 1024})
     app.include_router(routes.router)
+    mount_mcp(app, settings, limit=limit)  # /mcp: MCP over streamable HTTP
     return app
 
 
@@ -208,13 +216,19 @@ async def build_answer_services(settings: Settings, registry: ModelRegistry, sto
     stack.push_async_callback(reader.aclose)
     grounder = Grounder(model, relevance_threshold=settings.relevance_threshold
                         or RELEVANCE_THRESHOLD, support_threshold=settings.support_threshold)
+    collections = Collections(settings.data_dir / "collections", store, model,
+                              CollectionLimits(max_bytes=settings.upload_max_bytes,
+                                               max_documents=settings.collection_max_documents,
+                                               max_collections=settings.collections_per_owner))
+    stack.callback(collections.close)
     pipeline = AnswerPipeline(
         engine=lambda: registry.default_engine, chains=chains,
         default_provider=settings.provider, ranker=Ranker(model), grounder=grounder,
-        reader=reader, store=store, options=settings.pipeline_options(), metrics=metrics)
+        reader=reader, store=store, options=settings.pipeline_options(), metrics=metrics,
+        collections=collections.search)
     if settings.relevance_threshold is None and index.is_built() and "local" in chains:
         grounder.local_threshold = await _calibrated_threshold(pipeline)
-    return AnswerServices(pipeline=pipeline, index=index)
+    return AnswerServices(pipeline=pipeline, index=index, collections=collections)
 
 
 async def _calibrated_threshold(pipeline: AnswerPipeline) -> float:

@@ -21,6 +21,7 @@ from search_app.config import Settings
 from search_app.events import (
     DeltaEvent,
     DoneEvent,
+    PlanEvent,
     RelatedEvent,
     SearchEvent,
     SourcesEvent,
@@ -52,6 +53,25 @@ def _default_url() -> str:
               help="Read the result pages, or answer from the snippets.")
 @click.option("--related/--no-related", default=True, show_default=True,
               help="Generate related questions.")
+@click.option("--site", "sites", multiple=True, metavar="DOMAIN",
+              help="Only results from this site (subdomains included); repeatable. "
+                   "Sonar's search_domain_filter.")
+@click.option("--exclude-site", "excluded", multiple=True, metavar="DOMAIN",
+              help="No results from this site; repeatable.")
+@click.option("--recency", type=click.Choice(["hour", "day", "week", "month", "year"]),
+              default=None, help="Only results published in the past hour, day, ...")
+@click.option("--after", default=None, metavar="DATE",
+              help="Only results published on or after DATE (M/D/YYYY or YYYY-MM-DD).")
+@click.option("--before", default=None, metavar="DATE",
+              help="Only results published on or before DATE.")
+@click.option("--research", is_flag=True,
+              help="Research mode: plan sub-questions, search each, write a sectioned "
+                   "report (slower).")
+@click.option("--collection", "collections", multiple=True, metavar="NAME",
+              help="Also search this collection of your uploaded documents "
+                   "(POST /api/documents); repeatable.")
+@click.option("--no-web", is_flag=True,
+              help="With --collection: answer only from the collections.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print the finished answer as one JSON object (for scripts).")
 @click.option("--show-withheld", is_flag=True,
@@ -61,12 +81,20 @@ def _default_url() -> str:
               help="Seconds to wait for the next byte of the answer.")
 def ask_command(question: str, base_url: str | None, thread_id: str | None,
                 provider: str | None, sources: int | None, read_pages: bool | None,
-                related: bool, as_json: bool, show_withheld: bool, api_key: str | None,
+                related: bool, sites: tuple[str, ...], excluded: tuple[str, ...],
+                recency: str | None, after: str | None, before: str | None,
+                research: bool, collections: tuple[str, ...], no_web: bool, as_json: bool,
+                show_withheld: bool, api_key: str | None,
                 timeout: float) -> None:
     """Ask QUESTION; the answer streams in with numbered sources."""
     url = base_url or _default_url()
+    domains = [*sites, *(f"-{d.lstrip('-')}" for d in excluded)]
     controls = {"thread_id": thread_id, "provider": provider, "sources": sources,
-                "read_pages": read_pages, "related": related}
+                "read_pages": read_pages, "related": related,
+                "search_domain_filter": domains or None, "search_recency_filter": recency,
+                "search_after_date_filter": after, "search_before_date_filter": before,
+                "mode": "research" if research else None,
+                "collections": list(collections) or None, "web": False if no_web else None}
     out = Console(highlight=False, soft_wrap=True)
     try:
         with SearchClient(url, api_key=api_key,
@@ -107,8 +135,13 @@ def _stream(client: SearchClient, question: str, controls: dict[str, object],
     for event in client.stream(question, **controls):  # type: ignore[arg-type]
         events.append(event)
         match event:
-            case SearchEvent() if event.search_query != event.query:
-                out.print(f"[dim]searching: {escape(event.search_query)}[/dim]")
+            case SearchEvent() if event.search_query != event.query or event.filters:
+                where = f" ({escape(event.filters)})" if event.filters else ""
+                out.print(f"[dim]searching: {escape(event.search_query)}{where}[/dim]")
+            case PlanEvent():
+                out.print("[dim]plan:[/dim]")
+                for n, step in enumerate(event.sub_questions, 1):
+                    out.print(f"[dim]  {n}. {escape(step)}[/dim]")
             case SourcesEvent():
                 for s in event.sources:
                     out.print(f"[dim][{s.number}] {escape(s.title)} ({escape(s.site)})[/dim]")

@@ -145,6 +145,22 @@ def serve_model(**overrides: Any) -> None:
     _run_server(create_app(settings.server_options()), settings)
 
 
+_MCP_FIELDS = [name for name in Settings.model_fields if name not in ("host", "port")]
+
+
+@cli.command("mcp")
+@_settings_options(_MCP_FIELDS)
+def mcp(**overrides: Any) -> None:
+    """Serve the search and ask tools over MCP on stdin/stdout (for Claude Desktop and
+    other MCP clients; `serve` offers the same at /mcp over HTTP). Logs go to stderr:
+    stdout carries the protocol."""
+    settings = _server_settings(overrides)
+    _configure_logging(settings.log_level)  # stderr (logging's default stream)
+    from search_app.mcp_server import serve_stdio
+
+    serve_stdio(settings)
+
+
 cli.add_command(index_command)
 cli.add_command(ask_command)
 cli.add_command(search_command)

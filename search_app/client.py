@@ -22,7 +22,8 @@ raise :class:`SearchAPIError` with the server's code and message.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -35,6 +36,7 @@ from search_app.events import (
     DeltaEvent,
     DoneEvent,
     ErrorEvent,
+    PlanEvent,
     RelatedEvent,
     SearchEvent,
     Source,
@@ -70,6 +72,9 @@ class Answer(BaseModel):
     thread_id: str
     query: str
     search_query: str
+    filters: str | None = None  # the search filters in force, in words
+    mode: str = "quick"
+    plan: list[str] = Field(default_factory=list)  # research mode: the sub-questions
     answer: str
     sources: list[Source] = Field(default_factory=list)
     provider: str | None = None
@@ -91,7 +96,10 @@ class Answer(BaseModel):
             match event:
                 case SearchEvent():
                     fields.update(search_id=event.search_id, thread_id=event.thread_id,
-                                  query=event.query, search_query=event.search_query)
+                                  query=event.query, search_query=event.search_query,
+                                  filters=event.filters, mode=event.mode)
+                case PlanEvent():
+                    fields["plan"] = event.sub_questions
                 case SourcesEvent():
                     fields.update(sources=event.sources, provider=event.provider,
                                   relevant=event.relevant)
@@ -117,11 +125,12 @@ class Answer(BaseModel):
         return cls.from_events(event_from_dict(e) for e in record["events"])
 
 
-def _body(query: str, thread_id: str | None, provider: str | None, sources: int | None,
-          read_pages: bool | None, related: bool | None) -> dict[str, Any]:
-    body: dict[str, Any] = {"query": query, "thread_id": thread_id, "provider": provider,
-                            "sources": sources, "read_pages": read_pages,
-                            "related": related}
+def _body(query: str, **controls: Any) -> dict[str, Any]:
+    """The request body: the question and every control that was given (None: the
+    app's default), filters under Sonar's names (``search_domain_filter``, ...)."""
+    body = {"query": query, **controls}
+    if isinstance(body.get("search_domain_filter"), str):  # one domain, not its letters
+        body["search_domain_filter"] = [body["search_domain_filter"]]
     return {k: v for k, v in body.items() if v is not None}
 
 
@@ -180,11 +189,27 @@ class SearchClient:
 
     def stream(self, query: str, *, thread_id: str | None = None,
                provider: str | None = None, sources: int | None = None,
-               read_pages: bool | None = None, related: bool | None = None
+               read_pages: bool | None = None, related: bool | None = None,
+               search_domain_filter: Sequence[str] | None = None,
+               search_recency_filter: str | None = None,
+               search_after_date_filter: str | None = None,
+               search_before_date_filter: str | None = None,
+               mode: str | None = None, collections: Sequence[str] | None = None,
+               web: bool | None = None
                ) -> Iterator[AnswerEvent]:
         """The answer's events as they arrive. Stopping early (``break``, closing the
-        generator) closes the connection, which aborts the generation on the server."""
-        body = _body(query, thread_id, provider, sources, read_pages, related)
+        generator) closes the connection, which aborts the generation on the server.
+        The ``search_*`` filters are Sonar's (docs/search-api.md#search-filters);
+        ``mode="research"`` asks for a planned, sectioned report (a ``plan`` event first).
+        ``collections``: your uploaded collections to search too (``web=False``: only
+        them); see :meth:`upload`."""
+        body = _body(query, thread_id=thread_id, provider=provider, sources=sources,
+                     read_pages=read_pages, related=related,
+                     search_domain_filter=search_domain_filter,
+                     search_recency_filter=search_recency_filter,
+                     search_after_date_filter=search_after_date_filter,
+                     search_before_date_filter=search_before_date_filter, mode=mode,
+                     collections=list(collections) if collections else None, web=web)
         with connect_sse(self._http, "POST", "/api/search", json=body) as source:
             _raise_for_status(source.response, b"" if source.response.is_success
                               else source.response.read())
@@ -207,6 +232,20 @@ class SearchClient:
     def history(self, limit: int = 50) -> list[dict[str, Any]]:
         """This client's threads, newest first."""
         return self._get_json("/api/history", params={"limit": limit})["threads"]
+
+    def upload(self, path: str | Path, collection: str) -> dict[str, Any]:
+        """Add a file (PDF, DOCX, Markdown, HTML, text) to a collection (made if new);
+        the document's record. Ask with it: ``ask(..., collections=[collection])``."""
+        path = Path(path)
+        with path.open("rb") as data:
+            response = self._http.post("/api/documents", data={"collection": collection},
+                                       files={"file": (path.name, data)})
+        _raise_for_status(response, response.content)
+        return response.json()
+
+    def collections(self) -> list[dict[str, Any]]:
+        """Your collections: name and document count."""
+        return self._get_json("/api/collections")["collections"]
 
     def _get_json(self, path: str, params: dict[str, Any] | None = None) -> Any:
         response = self._http.get(path, params=params)
@@ -238,9 +277,21 @@ class AsyncSearchClient:
 
     async def stream(self, query: str, *, thread_id: str | None = None,
                      provider: str | None = None, sources: int | None = None,
-                     read_pages: bool | None = None, related: bool | None = None
+                     read_pages: bool | None = None, related: bool | None = None,
+                     search_domain_filter: Sequence[str] | None = None,
+                     search_recency_filter: str | None = None,
+                     search_after_date_filter: str | None = None,
+                     search_before_date_filter: str | None = None,
+                     mode: str | None = None, collections: Sequence[str] | None = None,
+                     web: bool | None = None
                      ) -> AsyncIterator[AnswerEvent]:
-        body = _body(query, thread_id, provider, sources, read_pages, related)
+        body = _body(query, thread_id=thread_id, provider=provider, sources=sources,
+                     read_pages=read_pages, related=related,
+                     search_domain_filter=search_domain_filter,
+                     search_recency_filter=search_recency_filter,
+                     search_after_date_filter=search_after_date_filter,
+                     search_before_date_filter=search_before_date_filter, mode=mode,
+                     collections=list(collections) if collections else None, web=web)
         async with aconnect_sse(self._http, "POST", "/api/search", json=body) as source:
             _raise_for_status(source.response, b"" if source.response.is_success
                               else await source.response.aread())

@@ -189,6 +189,16 @@ class Settings(BaseSettings):
                                          description="Wait for the answer's first token.")
     answer_timeout_s: float = Field(90.0, gt=0, description="Whole answer budget.")
     related_timeout_s: float = Field(20.0, gt=0, description="Related questions budget.")
+    research_max_steps: int = Field(
+        4, ge=1, le=8, description="Research mode: most sub-questions the plan may have.")
+    research_max_pages: int = Field(
+        12, ge=1, le=50, description="Research mode: most pages (search results) read over "
+                                     "all sub-questions.")
+    research_timeout_s: float = Field(
+        600.0, gt=0, description="Research mode: the whole report's budget (plan, "
+                                 "searches, reading, every section).")
+    research_section_tokens: int = Field(
+        192, ge=32, description="Research mode: tokens per section of the report.")
     sse_ping_s: float = Field(5.0, gt=0, description="SSE heartbeat interval.")
     answer_model: str = Field(
         "search-app", min_length=1,
@@ -206,6 +216,17 @@ class Settings(BaseSettings):
                              "/api/search and /query (0: no cap).")
     login_attempts_per_minute: float = Field(
         10.0, gt=0, description="Sign-in attempts per minute per address at /login.")
+
+    # --- uploaded documents (collections) ---
+    upload_max_bytes: int = Field(
+        20 * 1024 * 1024, ge=1024, description="Largest file accepted by POST "
+                                               "/api/documents (413 above; the request "
+                                               "stops being read at the cap).")
+    collection_max_documents: int = Field(
+        200, ge=1, description="Documents in one collection.")
+    collections_per_owner: int = Field(
+        20, ge=1, description="Collections per owner (a user of --multi-user mode, else "
+                              "the app as a whole).")
 
     @field_validator("api_keys", "cors_origins", "fetch_allow", mode="before")
     @classmethod
@@ -297,7 +318,10 @@ class Settings(BaseSettings):
             rank_timeout_s=self.rank_timeout_s,
             first_token_timeout_s=self.first_token_timeout_s,
             answer_timeout_s=self.answer_timeout_s, related_timeout_s=self.related_timeout_s,
-            grounding=self.grounding)
+            grounding=self.grounding, research_steps=self.research_max_steps,
+            research_pages=self.research_max_pages,
+            research_timeout_s=self.research_timeout_s,
+            research_section_tokens=self.research_section_tokens)
 
     def server_options(self) -> ServerOptions:
         return ServerOptions(

@@ -14,6 +14,7 @@ from typing import Annotated
 from fastapi import Depends, FastAPI, Request
 
 from retrieval.index import LocalIndex
+from search_app.collections import APP_OWNER, Collections
 from search_app.config import Settings
 from search_app.pipeline import AnswerPipeline
 from search_app.store import Store
@@ -23,6 +24,9 @@ from serving.errors import EngineNotReadyError
 __all__ = [
     "AnswerServices",
     "ClientIdDep",
+    "CollectionsDep",
+    "MaybeCollectionsDep",
+    "OwnerDep",
     "IndexDep",
     "PipelineDep",
     "SettingsDep",
@@ -43,6 +47,7 @@ class AnswerServices:
 
     pipeline: AnswerPipeline
     index: LocalIndex
+    collections: Collections | None = None  # uploaded documents
 
 
 def answer_services(app: FastAPI) -> AnswerServices:
@@ -69,6 +74,19 @@ def _index(request: Request) -> LocalIndex:
     return _services(request).index
 
 
+def _collections(request: Request) -> Collections:
+    collections = _services(request).collections
+    if collections is None:
+        raise EngineNotReadyError("Uploaded documents are not available in this app.")
+    return collections
+
+
+def _maybe_collections(request: Request) -> Collections | None:
+    """The collections where the answer engine has them (a question may name none)."""
+    services: AnswerServices | None = getattr(request.app.state, "answer", None)
+    return services.collections if services is not None else None
+
+
 def _store(request: Request) -> Store:
     store: Store | None = getattr(request.app.state, "store", None)
     if store is None:
@@ -88,6 +106,12 @@ def signed_in_user(request: Request) -> str | None:
     return principal if principal and principal.startswith(USER_PREFIX) else None
 
 
+def owner(request: Request) -> str:
+    """Whose collections of uploaded documents a request sees: the signed-in user's in
+    multi-user mode, else the app's (one user; API keys share them)."""
+    return signed_in_user(request) or APP_OWNER
+
+
 def client_id(request: Request) -> str | None:
     """Who is asking, for history listings: the X-Client-Id header, else the cookie."""
     value = request.headers.get(CLIENT_HEADER) or request.cookies.get(CLIENT_COOKIE)
@@ -100,3 +124,6 @@ StoreDep = Annotated[Store, Depends(_store)]
 SettingsDep = Annotated[Settings, Depends(_settings)]
 ClientIdDep = Annotated[str | None, Depends(client_id)]
 UserDep = Annotated[str | None, Depends(signed_in_user)]
+CollectionsDep = Annotated[Collections, Depends(_collections)]
+MaybeCollectionsDep = Annotated[Collections | None, Depends(_maybe_collections)]
+OwnerDep = Annotated[str, Depends(owner)]

@@ -20,6 +20,7 @@ __all__ = [
     "DeltaEvent",
     "DoneEvent",
     "ErrorEvent",
+    "PlanEvent",
     "RelatedEvent",
     "SearchEvent",
     "Source",
@@ -56,6 +57,11 @@ class SearchEvent(AnswerEvent):
     query: str
     search_query: str = Field(description="What was sent to the search provider "
                                           "(follow-ups are rewritten with the history).")
+    filters: str | None = Field(None, description="The search filters in force, in words "
+                                "(\"site:example.com, past week\"); null: none.")
+    mode: Literal["quick", "research"] = Field(
+        "quick", description="research: a planned, sectioned report (plan event, then "
+                             "the usual events; docs/search-api.md#research-mode).")
 
 
 class StageEvent(AnswerEvent):
@@ -64,13 +70,25 @@ class StageEvent(AnswerEvent):
 
     name: ClassVar[str] = "stage"
     stored: ClassVar[bool] = False
-    stage: Literal["read", "rank", "queued"] = Field(
+    stage: Literal["read", "rank", "queued", "plan", "step", "write"] = Field(
         description="read: fetching the result pages; rank: chunking and ranking passages "
                     "(searching is announced by the search event); queued: after the "
                     "sources, the model is busy and this answer waits its turn (sent "
-                    "again when its place changes).")
+                    "again when its place changes). Research mode also: plan (the model "
+                    "plans sub-questions), step (searching one of them: \"2 of 4: ...\"), "
+                    "write (writing one section of the report: \"2 of 5\").")
     detail: str | None = Field(None, description="e.g. how many pages or documents; for "
                                                  "queued, \"N ahead\".")
+
+
+class PlanEvent(AnswerEvent):
+    """Research mode: the sub-questions the report will answer, in order (each becomes a
+    section, then a conclusion answers the question itself)."""
+
+    name: ClassVar[str] = "plan"
+    sub_questions: list[str]
+    planned: bool = Field(True, description="False when the model's plan failed and the "
+                                            "question itself is the only step.")
 
 
 class Source(BaseModel):
@@ -144,7 +162,8 @@ class Usage(BaseModel):
 
 class DoneEvent(AnswerEvent):
     name: ClassVar[str] = "done"
-    finish_reason: Literal["stop", "length", "timeout", "no_relevant_sources"]
+    finish_reason: Literal["stop", "length", "timeout", "no_relevant_sources",
+                           "no_results"]
     usage: Usage
     withheld: int = Field(0, description="Unsupported sentences withheld (strict policy).")
     stopped_unsupported: bool = Field(
@@ -160,8 +179,8 @@ class ErrorEvent(AnswerEvent):
 
 
 _BY_NAME: dict[str, type[AnswerEvent]] = {
-    cls.name: cls for cls in (SearchEvent, StageEvent, SourcesEvent, DeltaEvent, RelatedEvent,
-                              SupportEvent, TimingsEvent, DoneEvent, ErrorEvent)
+    cls.name: cls for cls in (SearchEvent, StageEvent, PlanEvent, SourcesEvent, DeltaEvent,
+                              RelatedEvent, SupportEvent, TimingsEvent, DoneEvent, ErrorEvent)
 }
 
 

@@ -5,7 +5,11 @@ then get cited answers without knowing our native API. The response follows
 Perplexity's Sonar API, the de-facto shape for search-backed chat: the answer text cites
 with ``[N]``, and ``citations`` (URLs, ``citations[N-1]`` is source N) and
 ``search_results`` (title, url, date) ride on the response and on every stream chunk.
-``return_related_questions: true`` (Sonar's flag) adds ``related_questions``.
+``return_related_questions: true`` (Sonar's flag) adds ``related_questions``; Sonar's
+search controls (``search_domain_filter``, ``search_recency_filter``,
+``search_after_date_filter``, ``search_before_date_filter``) filter the search. Research
+mode is the model ``search-app-research`` (what Sonar calls ``sonar-deep-research``), or
+``mode: "research"`` on either name.
 
 The conversation is the thread: earlier user/assistant turns are the history (the search
 query of a follow-up is rewritten with it, as in ``/api/search``); the last message must
@@ -20,6 +24,7 @@ import contextlib
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
@@ -35,6 +40,7 @@ from search_app.events import (
 )
 from search_app.grounding import strip_citations
 from search_app.pipeline import AnswerPipeline, AnswerRequest
+from search_app.search_controls import filters_from_extra
 from serving.errors import (
     BadRequestError,
     EngineError,
@@ -120,8 +126,10 @@ class AnswerAgent:
 
     def __init__(self, name: str, pipeline: Callable[[], AnswerPipeline],
                  context_length: Callable[[], int | None],
-                 limit: Callable[[], Awaitable[None]] | None = None) -> None:
+                 limit: Callable[[], Awaitable[None]] | None = None,
+                 mode: Literal["quick", "research"] = "quick") -> None:
         self.name = name
+        self.mode = mode  # the default of the extra field `mode` for this model name
         self._limit = limit  # the app's per-client rate limit (raises a 429)
         self._pipeline = pipeline  # raises EngineNotReadyError until the app has built it
         self._context_length = context_length
@@ -142,10 +150,15 @@ class AnswerAgent:
         question, history = _conversation(req)
         extra = req.model_extra or {}
         related = bool(extra.get("return_related_questions", False))
+        filters = filters_from_extra(extra)  # Sonar's search controls, or a 400
+        mode = extra.get("mode", self.mode)
+        if mode not in ("quick", "research"):
+            raise BadRequestError("mode must be 'quick' or 'research'.", param="mode")
         pipeline = self._pipeline()
         if self._limit is not None:
             await self._limit()
-        request = AnswerRequest(query=question, history=history, related=related)
+        request = AnswerRequest(query=question, history=history, related=related,
+                                filters=filters, mode=mode)
         events = pipeline.run(request)
         try:
             sources = await self._until_sources(events)

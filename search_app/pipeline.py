@@ -2,7 +2,8 @@
 
 Read :meth:`AnswerPipeline.answer` top to bottom; it is the whole flow, in order::
 
-    rewrite follow-up -> search (provider chain) -> read pages (budgeted) -> rank
+    rewrite follow-up -> search (provider chain; and uploaded collections, when asked:
+    search_app/collections.py) -> read pages (budgeted; web results only) -> rank
     -> relevance gate -> pack into the model's context window
     -> write the answer (:meth:`AnswerPipeline._write`): each sentence checked and
        cited as it ends; the grounding policy decides what reaches the reader (strict:
@@ -30,12 +31,13 @@ import logging
 import sqlite3
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 from urllib.parse import urlsplit
 
-from retrieval.providers import FallbackSearch, ProviderError
+from retrieval.filters import NO_FILTERS, SearchFilters
+from retrieval.providers import ChainResult, FallbackSearch, ProviderError
 from retrieval.ranking import Ranker
 from retrieval.reader import PageReader
 from retrieval.types import Document, Passage, SearchResult
@@ -70,6 +72,8 @@ log = logging.getLogger(__name__)
 
 
 GroundingPolicy = Literal["strict", "mark", "off"]
+# (collection ids, query, k) -> the best sections of those uploaded collections
+CollectionSearch = Callable[[Sequence[str], str, int], Awaitable[list[SearchResult]]]
 FinishReason = Literal["stop", "length", "timeout"]
 
 
@@ -96,6 +100,11 @@ class PipelineOptions:
     # sent and the support event marks them; off: no check.
     grounding: GroundingPolicy = "strict"
     max_unsupported_run: int = 2      # strict: stop generating after this many in a row
+    # research mode (search_app/research.py): plan, search each step, one report
+    research_steps: int = 4           # most sub-questions in the plan
+    research_pages: int = 12          # most pages read over all steps
+    research_timeout_s: float = 600.0  # the whole report
+    research_section_tokens: int = 192  # per section
 
 
 @dataclass
@@ -110,6 +119,10 @@ class AnswerRequest:
     read_pages: bool = True
     related: bool = True
     grounding: GroundingPolicy | None = None  # None: the pipeline's setting
+    filters: SearchFilters = NO_FILTERS       # sites and dates (retrieval/filters.py)
+    mode: Literal["quick", "research"] = "quick"  # research: search_app/research.py
+    collections: Sequence[str] = ()  # ids of uploaded collections to search too
+    web: bool = True                 # False: only the collections, not the provider chain
 
 
 class AnswerPipeline:
@@ -117,7 +130,8 @@ class AnswerPipeline:
                  default_provider: str, ranker: Ranker, grounder: Grounder,
                  reader: PageReader | None = None, store: Store | None = None,
                  options: PipelineOptions | None = None,
-                 metrics: AnswerMetrics | None = None) -> None:
+                 metrics: AnswerMetrics | None = None,
+                 collections: CollectionSearch | None = None) -> None:
         self.engine = engine  # a callable: the registry raises until the model is ready
         self.chains = chains
         self.default_provider = default_provider
@@ -127,13 +141,19 @@ class AnswerPipeline:
         self.store = store
         self.options = options or PipelineOptions()
         self.metrics = metrics
+        self.collections = collections  # uploaded documents (search_app/collections.py)
 
     async def run(self, req: AnswerRequest) -> AsyncIterator[AnswerEvent]:
         """The events of one answer; the last is ``done`` or ``error``. The answer is
         stored (its events whose type is ``stored``) before ``done`` goes out. Closing
         this iterator closes :meth:`answer` at once (engine abort, reads cancelled)."""
         recorded: list[AnswerEvent] = []
-        async with contextlib.aclosing(self.answer(req)) as events:
+        if req.mode == "research":
+            from search_app.research import research  # the other flow; it uses this one's parts
+            flow = research(self, req)
+        else:
+            flow = self.answer(req)
+        async with contextlib.aclosing(flow) as events:
             async for event in events:
                 if isinstance(event, DoneEvent) and self.store is not None:
                     try:
@@ -151,29 +171,54 @@ class AnswerPipeline:
         """The whole flow, in order (see the module docstring)."""
         opts, started, fallbacks = self.options, time.perf_counter(), []
         search_query = rewrite_query(req.query, req.history)
+        filters = req.filters
         yield SearchEvent(search_id=req.search_id, thread_id=req.thread_id,
-                          query=req.query, search_query=search_query)
-        # 1. Search: the chain has a timeout per provider and falls back to the next.
+                          query=req.query, search_query=search_query,
+                          filters=filters.describe() or None)
+        # 1. Search: the chain has a timeout per provider and falls back to the next;
+        #    every result is checked against the filters, whatever the provider did.
+        #    Uploaded collections, when asked for, are searched too (or alone: web off).
         t0 = time.perf_counter()
+        try:
+            own = await self._search_collections(req, search_query)
+        except Exception as exc:  # the user asked for them: say so rather than ignore it
+            log.exception("searching collections failed")
+            yield ErrorEvent(code="search_failed", message="Searching your documents "
+                             f"failed ({type(exc).__name__}: {str(exc)[:200]}).")
+            return
         chain = self.chains[req.provider or self.default_provider]
         try:
-            found = await chain.search(search_query, req.sources or opts.sources)
+            found = await chain.search(search_query, req.sources or opts.sources, filters) \
+                if req.web else ChainResult([], None)
         except ProviderError as exc:
-            yield ErrorEvent(code="search_failed", message=exc.message)
-            return
+            if not own:
+                yield ErrorEvent(code="search_failed", message=exc.message)
+                return
+            found = ChainResult([], None)  # the collections answer alone
+            fallbacks.append(f"search: {exc.message}; only the collections were used")
         search_ms = _ms(t0)
         fallbacks += [f"search: {a.provider} {a.status}: {a.reason}"  # why it handed over
                       for a in found.attempts if a.status not in ("ok", "empty")]
-        # 2. Read pages (web providers only: local results already carry the full text).
+        provider = found.provider or (COLLECTIONS if own else None)
+        # 2. Read pages, per document: web results are read; the local index's and the
+        #    collections' results already carry their text.
         t0 = time.perf_counter()
-        if req.read_pages and self.reader is not None and found.provider != "local":
-            yield StageEvent(stage="read", detail=f"{len(found.results)} pages")
-            docs = await self.reader.read(found.results)
-            slow = sum(d.status != "ok" for d in docs)
+        web = found.results if req.read_pages and self.reader is not None and \
+            found.provider != "local" else []
+        read: dict[int, Document] = {}
+        if web:
+            yield StageEvent(stage="read", detail=f"{len(web)} pages")
+            read = {id(r): d for r, d in zip(web, await self.reader.read(web), strict=True)}
+            slow = sum(d.status != "ok" for d in read.values())
             if slow:
-                fallbacks.append(f"read: {slow} of {len(docs)} pages used their snippet")
-        else:
-            docs = [_as_document(r) for r in found.results]
+                fallbacks.append(f"read: {slow} of {len(read)} pages used their snippet")
+        docs = [read.get(id(r)) or _as_document(r) for r in [*found.results, *own]]
+        if filters.dated:  # a page's own date, found on reading, is checked as well
+            dated = [d for d in docs if filters.admits_date(d.published, trust_undated=True)]
+            if len(dated) < len(docs):
+                fallbacks.append(f"filters: {len(docs) - len(dated)} pages dated outside "
+                                 "the range were dropped after reading")
+            docs = dated
         read_ms = _ms(t0)
         # 3. Rank passages (fallback: the provider's order, one passage per result).
         yield StageEvent(stage="rank", detail=f"{len(docs)} documents")
@@ -187,7 +232,7 @@ class AnswerPipeline:
                                 position=0) for i, d in enumerate(docs, 1)]
         rank_ms = _ms(t0)
         # 4. Relevance gate: nothing close enough -> abstain without asking the model.
-        relevant = self.grounder.relevant(passages, found.provider)
+        relevant = self.grounder.relevant(passages, provider)
         # 5. Pack the best passages into the model's real context window.
         try:
             engine = self.engine()
@@ -200,7 +245,7 @@ class AnswerPipeline:
             yield ErrorEvent(code="model_busy", message=busy)
             return
         sources = _sources(origin, docs, opts.snippet_chars, packed)
-        yield SourcesEvent(sources=sources, provider=found.provider, relevant=relevant)
+        yield SourcesEvent(sources=sources, provider=provider, relevant=relevant)
         context = prompts.format_context([(p.source_id, p.title, p.text) for p in packed])
 
         # 6. Write the answer: streamed as generated, each sentence support-checked as
@@ -231,18 +276,15 @@ class AnswerPipeline:
                         yield delta
                 fallbacks += written.fallbacks
             if not written.text.strip():  # gated, or nothing the check let through
-                written.text = prompts.ABSTAIN_TEXT
+                written.text = prompts.ABSTAIN_TEXT if docs or not filters.active else \
+                    prompts.NO_RESULTS_TEXT.format(filters=filters.describe())
                 yield DeltaEvent(text=written.text)
             start_related()
             candidates = await _settle(related_task, opts.related_timeout_s, fallbacks)
             related = pick_related(candidates, req.query, context,
                                    [s.title for s in sources]) if req.related else []
-        except _FirstTokenTimeout:
-            yield ErrorEvent(code="model_timeout", message=f"The model sent nothing within "
-                             f"{opts.first_token_timeout_s:g} s; try again later.")
-            return
-        except ServingError as exc:
-            yield ErrorEvent(code=engine_error_code(exc), message=exc.message)
+        except (_FirstTokenTimeout, ServingError) as exc:
+            yield _model_error(exc, opts)
             return
         finally:
             _discard(related_task)
@@ -257,7 +299,8 @@ class AnswerPipeline:
         yield TimingsEvent(search_ms=search_ms, read_ms=read_ms, rank_ms=rank_ms,
                            ttft_ms=written.ttft_ms, total_ms=_ms(started),
                            fallbacks=fallbacks)
-        yield DoneEvent(finish_reason=written.finish if packed else "no_relevant_sources",
+        unpacked = "no_relevant_sources" if docs or not filters.active else "no_results"
+        yield DoneEvent(finish_reason=written.finish if packed else unpacked,
                         usage=written.usage, withheld=sum(s.withheld for s in support),
                         stopped_unsupported=written.stopped)
 
@@ -337,6 +380,14 @@ class AnswerPipeline:
             out.text += text
             yield DeltaEvent(text=text)
 
+    async def _search_collections(self, req: AnswerRequest, query: str
+                                  ) -> list[SearchResult]:
+        """The best sections of the request's collections (none asked: none)."""
+        if not req.collections or self.collections is None:
+            return []
+        return await self.collections(req.collections, query, req.sources or
+                                      self.options.sources)
+
     async def best_dense_score(self, question: str, provider: str = "local"
                                ) -> float | None:
         """What the relevance gate reads for ``question``: the best passage's dense
@@ -407,6 +458,14 @@ class _FirstTokenTimeout(Exception):
     """The model did not start answering within its budget."""
 
 
+def _model_error(exc: _FirstTokenTimeout | ServingError, opts: PipelineOptions) -> ErrorEvent:
+    """The error event that ends an answer whose model failed or never started."""
+    if isinstance(exc, ServingError):
+        return ErrorEvent(code=engine_error_code(exc), message=exc.message)
+    return ErrorEvent(code="model_timeout", message=f"The model sent nothing within "
+                      f"{opts.first_token_timeout_s:g} s; try again later.")
+
+
 def _busy(engine: Engine) -> str | None:
     """Why the engine cannot take one more request now (its queue is full), else None.
     Checked before the sources go out, so that every face can still answer 429; the
@@ -456,6 +515,9 @@ def rewrite_query(question: str, history: Sequence[tuple[str, str]]) -> str:
 
 def _ms(since: float) -> float:
     return round((time.perf_counter() - since) * 1000, 1)
+
+
+COLLECTIONS = "collections"  # the sources event's provider when only collections answered
 
 
 def _as_document(result: SearchResult) -> Document:
@@ -547,7 +609,8 @@ def _sources(origin: dict[int, int], docs: list[Document], snippet_chars: int,
         seen.setdefault(p.source_id, []).append(p.text)
     for number, document in sorted(origin.items()):
         doc = docs[document - 1]
-        site = (urlsplit(doc.url).hostname or "").removeprefix("www.")
+        site = (urlsplit(doc.url).hostname or "").removeprefix("www.") or (
+            "your documents" if doc.result.provider == "collection" else "")
         snippet = " ".join((doc.result.snippet or doc.text).split())
         out[number] = Source(number=number, title=doc.title or doc.result.title,
                              url=doc.url, site=site, snippet=snippet[:snippet_chars],

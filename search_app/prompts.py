@@ -14,6 +14,8 @@ from serving.engines.base import ChatMessage
 
 __all__ = [
     "ABSTAIN_TEXT",
+    "NO_RESULTS_TEXT",
+    "RESEARCH_GAP_TEXT",
     "ANSWER_SYSTEM",
     "RELATED_CANDIDATES",
     "RELATED_EXAMPLE_WORDS",
@@ -21,6 +23,7 @@ __all__ = [
     "RELATED_SYSTEM",
     "answer_messages",
     "format_context",
+    "plan_messages",
     "related_messages",
 ]
 
@@ -43,6 +46,9 @@ _FENCE = re.compile(r"</?\s*sources\s*>", re.IGNORECASE)
 
 # Fixed text, not a model call: the gate exists because tiny models answer confidently
 # from nothing (see docs: "Who won the 2018 World Cup?" with Eiffel Tower sources).
+RESEARCH_GAP_TEXT = "The sources found do not answer this part."
+NO_RESULTS_TEXT = ("No results match the search filters ({filters}), so there is nothing "
+                   "to answer from. Try a wider time range or other sites.")
 ABSTAIN_TEXT = ("The sources I found do not cover this question, so I cannot answer it "
                 "from them. Try rephrasing it or searching another provider.")
 
@@ -96,6 +102,11 @@ def answer_messages(question: str, context: str,
         messages.append({"role": "assistant", "content": answered})
     messages.append({"role": "user", "content": question})
     return messages
+
+
+def plan_messages(question: str, system: str) -> list[ChatMessage]:
+    """Research mode's planning prompt (search_app/research.py holds its wording)."""
+    return [{"role": "system", "content": system}, {"role": "user", "content": question}]
 
 
 def related_messages(question: str, context: str) -> list[ChatMessage]:

@@ -1,4 +1,5 @@
-"""Finished answers, threads, Lepton replays and accounts: SQLite or PostgreSQL.
+"""Finished answers, threads, Lepton replays, accounts and the records of uploaded
+documents (collections): SQLite or PostgreSQL.
 
 Why two databases behind one class: SQLite needs no setup on a fresh machine (one file
 under ``data_dir``, WAL so share pages read while an answer is written); PostgreSQL is
@@ -69,6 +70,27 @@ CREATE TABLE IF NOT EXISTS users (
 CREATE TABLE IF NOT EXISTS users (
     name TEXT PRIMARY KEY, password_hash TEXT NOT NULL, key_digest BYTEA UNIQUE,
     created DOUBLE PRECISION NOT NULL)"""},
+    # 3: uploaded documents (search_app/collections.py); their index files live on disk
+    {"sqlite": """
+CREATE TABLE IF NOT EXISTS collections (
+    id TEXT PRIMARY KEY, owner TEXT NOT NULL, name TEXT NOT NULL, created REAL NOT NULL,
+    UNIQUE (owner, name));
+CREATE TABLE IF NOT EXISTS documents (
+    id TEXT PRIMARY KEY, collection_id TEXT NOT NULL REFERENCES collections(id),
+    filename TEXT NOT NULL, kind TEXT NOT NULL, size INTEGER NOT NULL,
+    sha256 TEXT NOT NULL, sections INTEGER NOT NULL, passages INTEGER NOT NULL,
+    created REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS documents_collection ON documents (collection_id, created)""",
+     "postgres": """
+CREATE TABLE IF NOT EXISTS collections (
+    id TEXT PRIMARY KEY, owner TEXT NOT NULL, name TEXT NOT NULL,
+    created DOUBLE PRECISION NOT NULL, UNIQUE (owner, name));
+CREATE TABLE IF NOT EXISTS documents (
+    id TEXT PRIMARY KEY, collection_id TEXT NOT NULL REFERENCES collections(id),
+    filename TEXT NOT NULL, kind TEXT NOT NULL, size BIGINT NOT NULL,
+    sha256 TEXT NOT NULL, sections INTEGER NOT NULL, passages INTEGER NOT NULL,
+    created DOUBLE PRECISION NOT NULL);
+CREATE INDEX IF NOT EXISTS documents_collection ON documents (collection_id, created)"""},
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -261,6 +283,85 @@ class Store:
                             (key_digest,)).fetchone()
         return row[0] if row else None
 
+    # --- collections of uploaded documents (search_app/collections.py) --------------
+
+    def create_collection(self, owner: str, name: str, collection_id: str,
+                          max_per_owner: int) -> str | None:
+        """The id of ``owner``'s collection ``name``, made now if new; None when the
+        owner already has ``max_per_owner`` collections (checked in the same
+        transaction as the insert)."""
+        with self._session(write=True):
+            row = self._run("SELECT id FROM collections WHERE owner=? AND name=?",
+                            (owner, name)).fetchone()
+            if row is not None:
+                return str(row[0])
+            count = self._run("SELECT COUNT(*) FROM collections WHERE owner=?",
+                              (owner,)).fetchone()[0]
+            if count >= max_per_owner:
+                return None
+            self._run("INSERT INTO collections VALUES (?, ?, ?, ?)",
+                      (collection_id, owner, name, time.time()))
+            return collection_id
+
+    def collection(self, owner: str, name: str) -> str | None:
+        """The id of ``owner``'s collection ``name``; None when there is none."""
+        with self._session():
+            row = self._run("SELECT id FROM collections WHERE owner=? AND name=?",
+                            (owner, name)).fetchone()
+        return None if row is None else str(row[0])
+
+    def collections(self, owner: str) -> list[dict[str, Any]]:
+        """``owner``'s collections by name, with document counts."""
+        with self._session():
+            rows = self._run(
+                "SELECT c.id, c.name, c.created, COUNT(d.id) FROM collections c LEFT JOIN "
+                "documents d ON d.collection_id = c.id WHERE c.owner=? GROUP BY c.id, "
+                "c.name, c.created ORDER BY c.name", (owner,)).fetchall()
+        return [{"id": r[0], "name": r[1], "created": r[2], "documents": r[3]}
+                for r in rows]
+
+    def add_document(self, document: dict[str, Any], max_per_collection: int) -> bool:
+        """Record an indexed document; False when its collection is full."""
+        with self._session(write=True):
+            count = self._run("SELECT COUNT(*) FROM documents WHERE collection_id=?",
+                              (document["collection_id"],)).fetchone()[0]
+            if count >= max_per_collection:
+                return False
+            self._run("INSERT INTO documents VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                      tuple(document[k] for k in _DOCUMENT_FIELDS))
+            return True
+
+    def documents(self, collection_id: str) -> list[dict[str, Any]]:
+        with self._session():
+            rows = self._run(f"SELECT {', '.join(_DOCUMENT_FIELDS)} FROM documents WHERE "
+                             "collection_id=? ORDER BY created, id",
+                             (collection_id,)).fetchall()
+        return [dict(zip(_DOCUMENT_FIELDS, r, strict=True)) for r in rows]
+
+    def document(self, document_id: str) -> dict[str, Any] | None:
+        """The document with its collection's ``owner`` and ``collection`` name."""
+        fields = ", ".join(f"d.{f}" for f in _DOCUMENT_FIELDS)
+        with self._session():
+            row = self._run(f"SELECT {fields}, c.owner, c.name FROM documents d JOIN "
+                            "collections c ON c.id = d.collection_id WHERE d.id=?",
+                            (document_id,)).fetchone()
+        if row is None:
+            return None
+        return {**dict(zip(_DOCUMENT_FIELDS, row[:-2], strict=True)),
+                "owner": row[-2], "collection": row[-1]}
+
+    def delete_document(self, document_id: str) -> bool:
+        with self._session(write=True):
+            return self._run("DELETE FROM documents WHERE id=?",
+                             (document_id,)).rowcount == 1
+
+    def delete_collection(self, collection_id: str) -> bool:
+        """The collection and its documents' records, atomically."""
+        with self._session(write=True):
+            self._run("DELETE FROM documents WHERE collection_id=?", (collection_id,))
+            return self._run("DELETE FROM collections WHERE id=?",
+                             (collection_id,)).rowcount == 1
+
     # --- search_with_lepton replays ------------------------------------------------
 
     def save_lepton(self, search_uuid: str, body: str) -> None:
@@ -297,6 +398,10 @@ class Store:
 
     async def aget_lepton(self, search_uuid: str) -> str | None:
         return await asyncio.to_thread(self.get_lepton, search_uuid)
+
+
+_DOCUMENT_FIELDS = ("id", "collection_id", "filename", "kind", "size", "sha256", "sections",
+                    "passages", "created")
 
 
 def _record(row: tuple[Any, ...]) -> AnswerRecord:

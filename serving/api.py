@@ -294,19 +294,23 @@ def unauthorized(message: str = "Invalid or missing API key. Send it as "
 
 
 class BodySizeLimitMiddleware:
-    """Refuse bodies over ``max_bytes`` with a 413, by header or while reading."""
+    """Refuse bodies over ``max_bytes`` with a 413, by header or while reading.
+    ``path_limits``: another limit for an exact path (a file upload's larger one)."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int,
+                 path_limits: dict[str, int] | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.path_limits = path_limits or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        too_large = PayloadTooLargeError(_too_large_message(self.max_bytes))
+        max_bytes = self.path_limits.get(scope["path"], self.max_bytes)
+        too_large = PayloadTooLargeError(_too_large_message(max_bytes))
         for key, value in scope.get("headers", []):
-            if key == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
+            if key == b"content-length" and value.isdigit() and int(value) > max_bytes:
                 await error_response(413, too_large.to_dict())(scope, receive, send)
                 return
         seen = 0
@@ -317,8 +321,8 @@ class BodySizeLimitMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise _BodyTooLarge(self.max_bytes)
+                if seen > max_bytes:
+                    raise _BodyTooLarge(max_bytes)
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -351,7 +355,7 @@ _ERROR_DESCRIPTIONS = {
     400: "Invalid request (FastAPI's 422 validation errors are answered as 400).",
     401: "Missing or invalid API key (only when the server has keys).",
     403: "A session-cookie request without its CSRF token (search app with keys).",
-    404: "Unknown model, answer or thread.",
+    404: "Unknown model, answer, thread, collection or document.",
     413: "Request body over the size limit.",
     429: "Rate limited or queue full; see Retry-After.",
     500: "Internal error.",
@@ -399,20 +403,23 @@ def truthful_openapi(app: FastAPI) -> None:
 
 def install(app: FastAPI, *, api_keys: Iterable[str] = (), cors_origins: Iterable[str] = (),
             max_body_bytes: int = 8 * 1024 * 1024,
-            auth: tuple[type, dict[str, Any]] | None = None) -> None:
+            auth: tuple[type, dict[str, Any]] | None = None,
+            body_limits: dict[str, int] | None = None) -> None:
     """Add the OpenAI routes, error handlers and middleware to ``app``.
 
     The app must set ``state.registry``, ``state.openai_serving`` and
     ``state.serving_metrics`` (see :func:`serving.app.serving_state`). ``auth`` is a
     middleware class and its arguments that replace the /v1 key check (the search app
     locks more doors); it sits inside CORS, so a 401 carries CORS headers.
+    ``body_limits``: a larger body limit for exact paths (a file upload).
     """
     app.include_router(router)
     truthful_openapi(app)
     app.add_exception_handler(ServingError, _serving_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=max_body_bytes)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=max_body_bytes,
+                       path_limits=body_limits)
     keys = [k for k in api_keys if k]
     if auth is not None:
         app.add_middleware(auth[0], **auth[1])

@@ -1,10 +1,13 @@
 """The provider interface and the shared HTTP plumbing of the web providers.
 
-A provider is one method, ``search(query, k) -> list[SearchResult]``, like httpx's
-``BaseTransport.handle_request``. Web providers subclass :class:`HTTPProvider` and write
-two small hooks: ``build_request`` (where the key goes, how k is passed) and ``parse``
-(where the hits live in their JSON). Sending, the timeout, status mapping, JSON decoding
-and logging live here once, so every provider fails the same way.
+A provider is one method, ``search(query, k, filters) -> list[SearchResult]``, like
+httpx's ``BaseTransport.handle_request``. Web providers subclass :class:`HTTPProvider`
+and write two small hooks: ``build_request`` (where the key goes, how k and the filters
+are passed in the provider's native form) and ``parse`` (where the hits live in their
+JSON); ``dates_exact`` says whether the provider applied a date range exactly itself
+(retrieval/filters.py: then results without a date may be trusted). Sending, the
+timeout, status mapping, JSON decoding and logging live here once, so every provider
+fails the same way.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import Any, ClassVar
 import httpx
 from pydantic import SecretStr
 
+from retrieval.filters import NO_FILTERS, SearchFilters
 from retrieval.providers._dates import normalize_date
 from retrieval.providers._errors import (
     ProviderAuthError,
@@ -51,7 +55,13 @@ class SearchProvider(ABC):
     name: str
 
     @abstractmethod
-    async def search(self, query: str, k: int) -> list[SearchResult]: ...
+    async def search(self, query: str, k: int, filters: SearchFilters = NO_FILTERS
+                     ) -> list[SearchResult]: ...
+
+    def dates_exact(self, filters: SearchFilters) -> bool:
+        """Whether this provider applied ``filters``' date range exactly itself, so that
+        a result it returns without a date is still inside the range."""
+        return False
 
 
 class HTTPProvider(SearchProvider):
@@ -85,7 +95,9 @@ class HTTPProvider(SearchProvider):
 
     # -- hooks -------------------------------------------------------------------------
     @abstractmethod
-    def build_request(self, query: str, k: int) -> httpx.Request: ...
+    def build_request(self, query: str, k: int, filters: SearchFilters) -> httpx.Request:
+        """The request for ``query``; the filters in the provider's native form where it
+        has one (the chain checks every result against them afterwards anyway)."""
 
     @abstractmethod
     def parse(self, payload: dict[str, Any]) -> list[SearchResult]:
@@ -106,11 +118,12 @@ class HTTPProvider(SearchProvider):
         return parse_retry_after(response.headers.get("retry-after"))
 
     # -- the one code path -------------------------------------------------------------
-    async def search(self, query: str, k: int) -> list[SearchResult]:
+    async def search(self, query: str, k: int, filters: SearchFilters = NO_FILTERS
+                     ) -> list[SearchResult]:
         query = query.strip()
         if k <= 0 or not query:
             return []
-        request = self.build_request(query, k)
+        request = self.build_request(query, k, filters)
         started = time.perf_counter()
         status: int | str = "-"
         try:

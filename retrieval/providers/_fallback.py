@@ -4,6 +4,8 @@ Errors, timeouts and rate limits hand over to the next provider, and every attem
 recorded, so the UI and the logs can say "brave: rate limited (HTTP 429) -> searxng: ok".
 A provider that sent Retry-After is skipped until that time has passed instead of being
 hammered on every question. Empty results are an answer, not a failure (unless asked).
+Search filters go to each provider and every result is checked against them here, in
+one place, whatever the provider did with them (retrieval/filters.py).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from retrieval.filters import NO_FILTERS, SearchFilters
 from retrieval.providers._base import SearchProvider
 from retrieval.providers._errors import AllProvidersFailed, ProviderError, ProviderRateLimited
 from retrieval.types import SearchResult
@@ -54,7 +57,8 @@ class FallbackSearch:
     def name(self) -> str:
         return ",".join(p.name for p in self.providers)
 
-    async def search(self, query: str, k: int) -> ChainResult:
+    async def search(self, query: str, k: int, filters: SearchFilters = NO_FILTERS
+                     ) -> ChainResult:
         attempts: list[Attempt] = []
         empty: ChainResult | None = None
         for provider in self.providers:
@@ -65,7 +69,7 @@ class FallbackSearch:
                 continue
             started = time.perf_counter()
             try:
-                results = await provider.search(query, k)
+                results = await provider.search(query, k, filters)
             except ProviderError as exc:
                 ms = (time.perf_counter() - started) * 1000
                 attempts.append(Attempt(provider.name, exc.status, exc.message, ms))
@@ -73,10 +77,16 @@ class FallbackSearch:
                     self._cooldown_until[provider.name] = time.monotonic() + exc.retry_after
                 continue
             ms = (time.perf_counter() - started) * 1000
+            found = len(results)
+            if filters.active:
+                results = filters.apply(results,
+                                        trust_undated=provider.dates_exact(filters))
             if results:
                 attempts.append(Attempt(provider.name, "ok", f"{len(results)} results", ms))
                 return ChainResult(results, provider.name, attempts)
-            attempts.append(Attempt(provider.name, "empty", "no results", ms))
+            reason = (f"none of {found} results passed the filters" if found
+                      else "no results")
+            attempts.append(Attempt(provider.name, "empty", reason, ms))
             empty = empty or ChainResult([], provider.name, attempts)
             if not self.fallback_on_empty:
                 return empty

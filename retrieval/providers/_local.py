@@ -1,7 +1,9 @@
 """The ``local`` provider: a thin adapter over the local index (built elsewhere).
 
-It accepts either an async callable ``(query, k) -> list[SearchResult]`` or any object
-with such a ``search`` method, so this package never imports the index. Whatever the
+It accepts either an async callable ``(query, k, filters) -> list[SearchResult]`` or any
+object with such a ``search`` method, so this package never imports the index. The
+filters are passed only when there are some, so that the index can search inside them
+(a site filter on a 10k-document index must not be a post-filter of the top 50). Whatever the
 index raises becomes a ProviderError, so a fallback chain treats it like any provider.
 """
 
@@ -12,18 +14,20 @@ import dataclasses
 from collections.abc import Awaitable, Callable
 from typing import Protocol, runtime_checkable
 
+from retrieval.filters import NO_FILTERS, SearchFilters
 from retrieval.providers._base import DEFAULT_TIMEOUT_S, SearchProvider
 from retrieval.providers._errors import ProviderBadResponse, ProviderError, ProviderTimeout
 from retrieval.types import SearchResult
 
 __all__ = ["LocalProvider", "LocalSearch", "SearchFn"]
 
-SearchFn = Callable[[str, int], Awaitable[list[SearchResult]]]
+SearchFn = Callable[..., Awaitable[list[SearchResult]]]  # (query, k[, filters])
 
 
 @runtime_checkable
 class LocalSearch(Protocol):
-    async def search(self, query: str, k: int) -> list[SearchResult]: ...
+    async def search(self, query: str, k: int, filters: SearchFilters = NO_FILTERS
+                     ) -> list[SearchResult]: ...
 
 
 class LocalProvider(SearchProvider):
@@ -35,12 +39,17 @@ class LocalProvider(SearchProvider):
         self.timeout_s = timeout_s
         self.name = name
 
-    async def search(self, query: str, k: int) -> list[SearchResult]:
+    def dates_exact(self, filters: SearchFilters) -> bool:
+        return True  # the index knows each document's date, or that it has none
+
+    async def search(self, query: str, k: int, filters: SearchFilters = NO_FILTERS
+                     ) -> list[SearchResult]:
         if k <= 0 or not query.strip():
             return []
         try:
             async with asyncio.timeout(self.timeout_s):
-                hits = await self._search(query, k)
+                hits = await (self._search(query, k, filters) if filters.active
+                              else self._search(query, k))
         except ProviderError:
             raise
         except TimeoutError as exc:

@@ -6,10 +6,12 @@ Response shapes follow each provider's documented JSON; the loopback mocks in
 
 from __future__ import annotations
 
+from datetime import UTC, date, datetime
 from typing import Any
 
 import httpx
 
+from retrieval.filters import SearchFilters
 from retrieval.providers._base import HTTPProvider
 from retrieval.providers._errors import (
     ProviderAuthError,
@@ -47,12 +49,19 @@ class SearXNGProvider(HTTPProvider):
         super().__init__(client, **kwargs)
         self.language = language
 
-    def build_request(self, query: str, k: int) -> httpx.Request:
-        params = {"q": query, "format": "json", "pageno": "1"}
+    _TIME_RANGES = ("day", "week", "month", "year")  # SearXNG has no "hour"
+
+    def build_request(self, query: str, k: int, filters: SearchFilters) -> httpx.Request:
+        params = {"q": _with_sites(query, filters), "format": "json", "pageno": "1"}
         if self.language:
             params["language"] = self.language
+        if (wanted := _covering_recency(filters, self._TIME_RANGES)) is not None:
+            params["time_range"] = wanted  # engines without time ranges are left out
         return self.client.build_request("GET", f"{self.base_url}/search", params=params,
                                          headers=_JSON)
+
+    def dates_exact(self, filters: SearchFilters) -> bool:
+        return filters.only_recency in self._TIME_RANGES
 
     def status_error(self, response: httpx.Response) -> ProviderError:
         if response.status_code == 403:
@@ -72,11 +81,21 @@ class BraveProvider(HTTPProvider):
     name = "brave"
     default_base_url = "https://api.search.brave.com"
 
-    def build_request(self, query: str, k: int) -> httpx.Request:
+    _FRESHNESS = {"hour": "pd", "day": "pd", "week": "pw", "month": "pm", "year": "py"}
+
+    def build_request(self, query: str, k: int, filters: SearchFilters) -> httpx.Request:
+        params = {"q": _with_sites(query, filters), "count": str(min(k, 20))}
+        if (recency := filters.only_recency) is not None:
+            params["freshness"] = self._FRESHNESS[recency]
+        elif filters.dated:  # a custom range: YYYY-MM-DDtoYYYY-MM-DD
+            start, end = _span(filters)
+            params["freshness"] = f"{start.isoformat()}to{end.isoformat()}"
         return self.client.build_request(
-            "GET", f"{self.base_url}/res/v1/web/search",
-            params={"q": query, "count": str(min(k, 20))},
+            "GET", f"{self.base_url}/res/v1/web/search", params=params,
             headers={**_JSON, "X-Subscription-Token": self.key})
+
+    def dates_exact(self, filters: SearchFilters) -> bool:
+        return filters.dated and filters.only_recency != "hour"
 
     def retry_after(self, response: httpx.Response) -> float | None:
         """Brave sends per-window lists ("1, 1419704"): wait for the exhausted window."""
@@ -120,11 +139,27 @@ class GoogleProvider(HTTPProvider):
         super().__init__(client, **kwargs)
         self.engine_id = engine_id
 
-    def build_request(self, query: str, k: int) -> httpx.Request:
-        return self.client.build_request(
-            "GET", f"{self.base_url}/customsearch/v1",
-            params={"key": self.key, "cx": self.engine_id, "q": query, "num": str(min(k, 10))},
-            headers=_JSON)
+    _RESTRICT = {"hour": "d1", "day": "d1", "week": "w1", "month": "m1", "year": "y1"}
+
+    def build_request(self, query: str, k: int, filters: SearchFilters) -> httpx.Request:
+        params = {"key": self.key, "cx": self.engine_id, "num": str(min(k, 10))}
+        sites = [*filters.include, *filters.exclude]
+        if len(sites) == 1:  # Google's own site parameter takes exactly one domain
+            params["siteSearch"] = sites[0]
+            params["siteSearchFilter"] = "i" if filters.include else "e"
+            params["q"] = query
+        else:
+            params["q"] = _with_sites(query, filters)
+        if (recency := filters.only_recency) is not None:
+            params["dateRestrict"] = self._RESTRICT[recency]
+        elif filters.dated:  # a range restricts by sorting on it (Google's documented way)
+            start, end = _span(filters)
+            params["sort"] = f"date:r:{start:%Y%m%d}:{end:%Y%m%d}"
+        return self.client.build_request("GET", f"{self.base_url}/customsearch/v1",
+                                         params=params, headers=_JSON)
+
+    def dates_exact(self, filters: SearchFilters) -> bool:
+        return filters.dated and filters.only_recency != "hour"
 
     def status_error(self, response: httpx.Response) -> ProviderError:
         reasons = self._reasons(response)
@@ -170,10 +205,15 @@ class SerperProvider(HTTPProvider):
     name = "serper"
     default_base_url = "https://google.serper.dev"
 
-    def build_request(self, query: str, k: int) -> httpx.Request:
-        return self.client.build_request(
-            "POST", f"{self.base_url}/search", json={"q": query, "num": min(k, 100)},
-            headers={**_JSON, "X-API-KEY": self.key})
+    def build_request(self, query: str, k: int, filters: SearchFilters) -> httpx.Request:
+        body: dict[str, Any] = {"q": _with_sites(query, filters), "num": min(k, 100)}
+        if (tbs := _google_tbs(filters)) is not None:
+            body["tbs"] = tbs
+        return self.client.build_request("POST", f"{self.base_url}/search", json=body,
+                                         headers={**_JSON, "X-API-KEY": self.key})
+
+    def dates_exact(self, filters: SearchFilters) -> bool:
+        return filters.dated
 
     def parse(self, payload: dict[str, Any]) -> list[SearchResult]:
         if "searchParameters" not in payload and "organic" not in payload:
@@ -189,12 +229,20 @@ class SearchApiProvider(HTTPProvider):
     name = "searchapi"
     default_base_url = "https://www.searchapi.io"
 
-    def build_request(self, query: str, k: int) -> httpx.Request:
-        return self.client.build_request(
-            "GET", f"{self.base_url}/api/v1/search",
-            params={"engine": "google", "q": query, "num": str(min(k, 100)),
-                    "api_key": self.key},
-            headers=_JSON)
+    def build_request(self, query: str, k: int, filters: SearchFilters) -> httpx.Request:
+        params = {"engine": "google", "q": _with_sites(query, filters),
+                  "num": str(min(k, 100)), "api_key": self.key}
+        if (recency := filters.only_recency) is not None:
+            params["time_period"] = f"last_{recency}"
+        elif filters.dated:
+            start, end = _span(filters)
+            params["time_period_min"] = _us_date(start)
+            params["time_period_max"] = _us_date(end)
+        return self.client.build_request("GET", f"{self.base_url}/api/v1/search",
+                                         params=params, headers=_JSON)
+
+    def dates_exact(self, filters: SearchFilters) -> bool:
+        return filters.dated
 
     def parse(self, payload: dict[str, Any]) -> list[SearchResult]:
         if "search_metadata" not in payload and "organic_results" not in payload:
@@ -212,13 +260,66 @@ class TavilyProvider(HTTPProvider):
     default_base_url = "https://api.tavily.com"
     rate_limit_statuses = frozenset({429, 432, 433})
 
-    def build_request(self, query: str, k: int) -> httpx.Request:
+    _TIME_RANGES = ("day", "week", "month", "year")
+
+    def build_request(self, query: str, k: int, filters: SearchFilters) -> httpx.Request:
+        body: dict[str, Any] = {"query": query, "max_results": min(k, 20),
+                                "search_depth": "basic"}
+        if filters.include:
+            body["include_domains"] = list(filters.include)
+        if filters.exclude:
+            body["exclude_domains"] = list(filters.exclude)
+        if (wanted := _covering_recency(filters, self._TIME_RANGES)) is not None:
+            body["time_range"] = wanted
+        elif filters.dated:
+            start, end = _span(filters)
+            body["start_date"], body["end_date"] = start.isoformat(), end.isoformat()
         return self.client.build_request(
-            "POST", f"{self.base_url}/search",
-            json={"query": query, "max_results": min(k, 20), "search_depth": "basic"},
+            "POST", f"{self.base_url}/search", json=body,
             headers={**_JSON, "Authorization": f"Bearer {self.key}"})
+
+    def dates_exact(self, filters: SearchFilters) -> bool:
+        return filters.dated and filters.only_recency != "hour"
 
     def parse(self, payload: dict[str, Any]) -> list[SearchResult]:
         hits = self.require_list(payload, "results")
         return self.to_results(hits, title="title", url="url", snippet="content",
                                dates=("published_date",))
+
+
+# --- the filters in the providers' native forms --------------------------------------
+
+def _with_sites(query: str, filters: SearchFilters) -> str:
+    """The query with Google-style ``site:`` operators, for providers whose only domain
+    control is the query (SearXNG, Brave, Serper, SearchApi)."""
+    operators = filters.site_operators()
+    return f"{query} {operators}" if operators else query
+
+
+def _covering_recency(filters: SearchFilters, offered: tuple[str, ...]) -> str | None:
+    """The provider's relative range for a recency filter; "hour" asks for "day" (the
+    smallest it has; the chain drops what is older)."""
+    recency = filters.only_recency
+    if recency is None:
+        return None
+    return recency if recency in offered else offered[0]
+
+
+def _span(filters: SearchFilters) -> tuple[date, date]:
+    """The date range with both ends (an open end: the epoch, or today)."""
+    return (filters.after or date(1970, 1, 1),
+            filters.before or datetime.now(UTC).date())
+
+
+def _us_date(day: date) -> str:
+    return f"{day.month}/{day.day}/{day.year}"
+
+
+def _google_tbs(filters: SearchFilters) -> str | None:
+    """Google's ``tbs``: ``qdr:h|d|w|m|y`` or ``cdr:1,cd_min:M/D/YYYY,cd_max:M/D/YYYY``."""
+    if (recency := filters.only_recency) is not None:
+        return f"qdr:{recency[0]}"
+    if filters.dated:
+        start, end = _span(filters)
+        return f"cdr:1,cd_min:{_us_date(start)},cd_max:{_us_date(end)}"
+    return None

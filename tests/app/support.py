@@ -62,8 +62,9 @@ class ScriptedEngine(ReplayEngine):
 
 
 def search_fn(results: list[SearchResult]) -> Any:
-    async def search(query: str, k: int) -> list[SearchResult]:
-        return list(results[:k])
+    async def search(query: str, k: int, filters: object = None) -> list[SearchResult]:
+        return list(results[:k])  # filters ignored, as a careless provider would: the
+        # chain must enforce them (tests/retrieval/test_filters.py)
     return search
 
 

@@ -191,3 +191,83 @@ async def test_not_ready_is_503(tmp_path: Path) -> None:
         response = await client.post("/api/search", json={"query": "q"})
     assert response.status_code == 503
     assert response.json()["error"]["type"] == "service_unavailable"
+
+
+# ---------------------------------------------------------------- Markdown export
+def _footnotes(md: str) -> tuple[list[str], dict[str, str]]:
+    """(references in order, definitions by label) of a Markdown document."""
+    refs = re.findall(r"\[\^([^\]]+)\](?!:)", md)
+    defs = dict(re.findall(r"^\[\^([^\]]+)\]: (.*)$", md, re.MULTILINE))
+    return refs, defs
+
+
+async def test_export_thread_and_answer_as_markdown(tmp_path: Path) -> None:
+    app, _ = make_app(tmp_path, ScriptedEngine())
+    async with _client(app) as client:
+        first = await _ask(client, related=False)
+        search_id, thread_id = first[0][1]["search_id"], first[0][1]["thread_id"]
+        await _ask(client, query="When was it built?", thread_id=thread_id, related=False)
+        as_json = await client.get(f"/api/threads/{thread_id}")
+        assert as_json.headers["content-type"] == "application/json"
+        assert (await client.get(f"/api/threads/{thread_id}?format=json")).json() == \
+            as_json.json()
+        turns = as_json.json()["answers"]
+
+        response = await client.get(f"/api/threads/{thread_id}", params={"format": "md"})
+        assert response.status_code == 200
+        assert response.headers["content-type"] == "text/markdown; charset=utf-8"
+        assert response.headers["content-disposition"] == \
+            'attachment; filename="who-designed-the-eiffel-tower.md"'
+        md = response.text
+        assert [line for line in md.splitlines() if line.startswith("# ")] == [
+            "# Who designed the Eiffel Tower?", "# When was it built?"]
+        assert "citation:" not in md
+        refs, defs = _footnotes(md)
+        assert {"1-1", "2-1"} <= set(refs) and set(refs) == set(defs)  # all resolve
+        for turn, answer in enumerate(turns, 1):
+            for source in answer["sources"]:
+                label = f"{turn}-{source['number']}"
+                if label in defs:
+                    assert defs[label] == f"[{source['title']}]({source['url']})"
+
+        single = await client.get(f"/api/search/{search_id}?format=md")
+        assert single.status_code == 200
+        assert single.headers["content-type"] == "text/markdown; charset=utf-8"
+        assert single.headers["content-disposition"].startswith("attachment; filename=")
+        assert single.text.startswith("# Who designed the Eiffel Tower?\n\nThe Eiffel Tower")
+        refs, defs = _footnotes(single.text)
+        assert refs and set(refs) == set(defs) == {"1"}
+        assert defs["1"] == "[Eiffel Tower](https://en.wikipedia.org/wiki/Eiffel_Tower)"
+
+        for path in (f"/api/threads/{thread_id}", f"/api/search/{search_id}"):
+            bad = await client.get(path, params={"format": "pdf"})
+            assert bad.status_code == 400
+            error = bad.json()["error"]
+            assert error["param"] == "format" and "format=md" in error["message"]
+        for path in ("/api/threads/nope?format=md", "/api/search/nope?format=md"):
+            missing = await client.get(path)
+            assert missing.status_code == 404
+            assert missing.json()["error"]["type"] == "not_found_error"
+
+
+async def test_export_follows_thread_ownership_and_share_links(tmp_path: Path) -> None:
+    app, _ = make_app(tmp_path, ScriptedEngine(), settings={"multi_user": True})
+    users = app.state.access.users
+    alice = {"Authorization": f"Bearer {users.add('alice', 'alice-password-1')}"}
+    bob = {"Authorization": f"Bearer {users.add('bob', 'bob-password-22')}"}
+    async with _client(app) as client:
+        response = await client.post("/api/search", headers=alice,
+                                     json={"query": "Eiffel Tower?", "related": False})
+        search = parse_sse(response.text)[0][1]
+        thread = f"/api/threads/{search['thread_id']}?format=md"
+        answer = f"/api/search/{search['search_id']}?format=md"
+        mine = await client.get(thread, headers=alice)
+        assert mine.status_code == 200 and "[^1]: [Eiffel Tower](" in mine.text
+        assert (await client.get(thread, headers=bob)).status_code == 404
+        assert (await client.get(thread)).status_code == 401
+        shared = await client.get(answer)  # a share link: readable without signing in
+        assert shared.status_code == 200 and shared.text == mine.text
+    app2, _ = make_app(tmp_path / "private", ScriptedEngine(),
+                       settings={"multi_user": True, "public_share_links": False})
+    async with _client(app2) as client:
+        assert (await client.get(answer)).status_code == 401

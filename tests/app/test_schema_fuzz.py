@@ -25,6 +25,7 @@ from schemathesis.checks import (
 
 from retrieval.embeddings import EmbeddingCache
 from retrieval.index import LocalIndex
+from search_app.collections import Collections
 from search_app.deps import AnswerServices
 from tests.app.support import ScriptedEngine, make_app
 from tests.support.retrieval_fixtures import CountingModel
@@ -43,7 +44,10 @@ def _fuzz_app(tmp: Path) -> Any:
                        CountingModel(EmbeddingCache(tmp / "embeddings.sqlite")))
     index.update([site])
     services = app.state.answer
-    app.state.answer = AnswerServices(pipeline=services.pipeline, index=index)
+    collections = Collections(tmp / "collections", app.state.store, CountingModel())
+    services.pipeline.collections = collections.search
+    app.state.answer = AnswerServices(pipeline=services.pipeline, index=index,
+                                      collections=collections)
     return app
 
 
@@ -90,5 +94,6 @@ def test_the_fuzz_covers_every_public_operation() -> None:
                   for op in (r.ok() for r in schema.get_all_operations())}
     assert {"POST /api/search", "GET /api/search/{search_id}", "POST /query",
             "GET /searxng/search", "POST /v1/chat/completions", "POST /v1/completions",
-            "POST /v1/embeddings", "GET /api/history"} <= operations
+            "POST /v1/embeddings", "GET /api/history", "POST /api/documents",
+            "GET /api/collections", "DELETE /api/collections/{name}"} <= operations
 

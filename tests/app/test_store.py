@@ -31,7 +31,8 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
         url = request.getfixturevalue("postgres_url")
         opened = Store(url)
         with opened._session(write=True):  # a clean slate per test
-            for table in ("answers", "threads", "lepton", "users"):
+            for table in ("answers", "threads", "lepton", "users", "documents",
+                          "collections"):
                 opened._run(f"DELETE FROM {table}")
     yield opened
     opened.close()
@@ -102,6 +103,31 @@ def test_concurrent_saves_keep_every_answer_in_order(store: Store) -> None:
     for n in range(4):
         assert [r.query for r in store.thread(f"thread-{n}") or []] == [
             f"q{n}-{i}" for i in range(10)]
+
+
+def test_collections_owners_counts_and_limits(store: Store) -> None:
+    """Uploaded documents' records (search_app/collections.py): names are per owner,
+    the caps are checked in the same transaction as the insert."""
+    first = store.create_collection("user:alice", "reports", "c" * 32, max_per_owner=2)
+    assert first == "c" * 32
+    assert store.create_collection("user:alice", "reports", "d" * 32, 2) == first  # kept
+    assert store.create_collection("user:bob", "reports", "e" * 32, 2) == "e" * 32
+    assert store.create_collection("user:alice", "notes", "f" * 32, 2) == "f" * 32
+    assert store.create_collection("user:alice", "third", "a" * 32, 2) is None  # cap
+    doc = {"id": "1" * 32, "collection_id": first, "filename": "r.pdf", "kind": "pdf",
+           "size": 10, "sha256": "0" * 64, "sections": 2, "passages": 3, "created": 5.0}
+    assert store.add_document(doc, max_per_collection=1)
+    assert not store.add_document({**doc, "id": "2" * 32}, max_per_collection=1)  # full
+    assert [(c["name"], c["documents"]) for c in store.collections("user:alice")] == [
+        ("notes", 0), ("reports", 1)]
+    assert store.collection("user:bob", "reports") == "e" * 32
+    assert store.collection("user:bob", "notes") is None
+    assert store.documents(first) == [doc]
+    assert store.document(doc["id"]) == {**doc, "owner": "user:alice",
+                                         "collection": "reports"}
+    assert store.delete_collection(first) and store.document(doc["id"]) is None
+    assert not store.delete_document(doc["id"])
+    assert [c["name"] for c in store.collections("user:alice")] == ["notes"]
 
 
 async def test_async_wrappers(store: Store) -> None:

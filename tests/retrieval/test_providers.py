@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import pytest
@@ -29,7 +28,7 @@ from retrieval.providers import (
     normalize_date,
 )
 from retrieval.types import SearchResult
-from tests.support.loopback_web import API_KEY, LoopbackWeb, serve_loopback_web
+from tests.support.loopback_web import API_KEY, LoopbackWeb
 
 WEB_PROVIDERS = ["searxng", "brave", "google", "serper", "searchapi", "tavily"]
 KEYED = [p for p in WEB_PROVIDERS if p != "searxng"]
@@ -40,18 +39,6 @@ EXPECTED = [  # (title, url, snippet, published): markup and entities cleaned, d
     ("Beta notes", "https://beta.example/b", "Notes on floods.", None),
     ("Gamma archive", "https://gamma.example/g", "Old records.", "2023-11-20"),
 ]
-
-
-@pytest.fixture(scope="module")
-def web() -> Iterator[LoopbackWeb]:
-    with serve_loopback_web() as server:
-        yield server
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(trust_env=False) as shared:
-        yield shared
 
 
 def options(web: LoopbackWeb, key: str = API_KEY, **overrides: object) -> ProviderOptions:

@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
+from search_app.events import DeltaEvent, SearchEvent, Source, SourcesEvent
 from search_app.store import AnswerRecord, Store
 from tests.support.server import ROOT, ServerProcess, run_server
 from tests.ui.chromium import ARGS, BROWSER_MARKS, CHROMIUM
@@ -267,6 +268,8 @@ def test_follow_up_continues_the_thread(page: Any, app_server: ServerProcess) ->
     thread_id = page.url.rsplit("/", 1)[-1]
     stored = httpx.get(f"{app_server.url}/api/threads/{thread_id}").json()
     assert [a["query"] for a in stored["answers"]] == [QUESTION, "When was it built?"]
+    assert page.locator("#export").get_attribute("href") == \
+        f"/api/threads/{thread_id}?format=md"
     # Only the last turn can be regenerated.
     assert page.locator("article.turn").nth(0).locator("[data-act=regen]").is_hidden()
     assert second.locator("[data-act=regen]").is_visible()
@@ -299,6 +302,145 @@ def test_share_link_replays_the_stored_answer(page: Any, context: Any) -> None:
     assert QUESTION in other.title()
     assert not watch.errors, watch.errors
     other.close()
+
+
+def _seed_thread(store_path: Path) -> tuple[str, str]:
+    """A stored two-turn thread that cites its sources (no model needed): its thread id
+    and its first answer's id."""
+    thread_id = uuid.uuid4().hex
+    turns = [("Who designed the Eiffel Tower?",
+              "The company of Gustave Eiffel designed it[citation:1].",
+              [("Eiffel Tower", "https://en.wikipedia.org/wiki/Eiffel_Tower")]),
+             ("Where is it?", "It stands in Paris [citation:2].",
+              [("Champ de Mars", "https://en.wikipedia.org/wiki/Champ_de_Mars"),
+               ("Paris", "https://en.wikipedia.org/wiki/Paris")])]
+    store = Store(store_path)
+    ids = []
+    try:
+        for query, answer, sources in turns:
+            search_id = uuid.uuid4().hex
+            ids.append(search_id)
+            events = [
+                SearchEvent(search_id=search_id, thread_id=thread_id, query=query,
+                            search_query=query).record(),
+                SourcesEvent(sources=[Source(number=n, title=title, url=url,
+                                             site="en.wikipedia.org", snippet=title)
+                                      for n, (title, url) in enumerate(sources, 1)]
+                             ).record(),
+                DeltaEvent(text=answer).record()]
+            store.save_answer(AnswerRecord(id=search_id, thread_id=thread_id,
+                                           client_id=None, query=query, search_query=query,
+                                           answer=answer, events=events))
+    finally:
+        store.close()
+    return thread_id, ids[0]
+
+
+def _download(page: Any) -> tuple[str, str]:
+    """Click the Export link; the suggested file name and the Markdown downloaded."""
+    link = page.locator("#export")
+    link.wait_for(state="visible")
+    assert link.get_attribute("download") is not None
+    with page.expect_download() as info:
+        link.click()
+    download = info.value
+    return download.suggested_filename, Path(download.path()).read_text(encoding="utf-8")
+
+
+def test_export_downloads_markdown_with_footnotes(context: Any, app_server: ServerProcess,
+                                                  store_path: Path) -> None:
+    thread_id, first_id = _seed_thread(store_path)
+    page = context.new_page()
+    watch = Watch(page)
+    page.goto(f"{app_server.url}/t/{thread_id}")
+    wait_done(page, 1)
+    assert page.locator("#export").get_attribute("href") == \
+        f"/api/threads/{thread_id}?format=md"
+    name, text = _download(page)
+    assert name == "who-designed-the-eiffel-tower.md"
+    assert text.startswith("# Who designed the Eiffel Tower?\n")
+    assert "designed it[^1-1]." in text and "in Paris [^2-2]." in text
+    assert "[^1-1]: [Eiffel Tower](https://en.wikipedia.org/wiki/Eiffel_Tower)" in text
+    assert "[^2-2]: [Paris](https://en.wikipedia.org/wiki/Paris)" in text
+    # The share page exports the shared answer, through the share link's own route.
+    page.goto(f"{app_server.url}/s/{first_id}")
+    wait_done(page, 0)
+    assert page.locator("#export").get_attribute("href") == \
+        f"/api/search/{first_id}?format=md"
+    name, text = _download(page)
+    assert name == "who-designed-the-eiffel-tower.md"
+    assert "designed it[^1]." in text and "Where is it?" not in text
+    assert "[^1]: [Eiffel Tower](https://en.wikipedia.org/wiki/Eiffel_Tower)" in text
+    assert not watch.errors, watch.errors
+    page.close()
+
+
+def test_search_filters_from_the_controls_and_the_address(context: Any,
+                                                         app_server: ServerProcess) -> None:
+    page = context.new_page()
+    sent: list[dict] = []
+    page.on("request", lambda r: sent.append(json.loads(r.post_data or "{}"))
+            if r.url.endswith("/api/search") and r.method == "POST" else None)
+    # A link with filters fills the controls; changing them rewrites the address.
+    page.goto(f"{app_server.url}/?recency=week&site=wikipedia.org")
+    assert page.locator("#when").input_value() == "week"
+    assert page.locator("#site").input_value() == "wikipedia.org"
+    page.select_option("#when", "year")
+    page.wait_for_function("location.search.includes('recency=year')")
+    # The default index is undated Wikipedia: no result can be from the past year,
+    # and the answer says so instead of answering from unfiltered results.
+    page.fill("#q", QUESTION)
+    page.keyboard.press("Enter")
+    turn = wait_done(page, 0)
+    assert sent[-1]["search_recency_filter"] == "year"
+    assert sent[-1]["search_domain_filter"] == ["wikipedia.org"]
+    assert turn.locator(".turn-filters").inner_text() == \
+        "Filtered: site:wikipedia.org, past year"
+    assert "No results match the search filters" in turn.locator(".answer").inner_text()
+    assert turn.locator(".cards .card").count() == 0
+    assert re.search(r"/t/[0-9a-f]+\?recency=year&site=wikipedia\.org$", page.url), page.url
+    # A follow-up keeps the conversation's filters, also after a reload of its address.
+    page.reload()
+    wait_done(page, 0)
+    page.fill("#fq", "When was it built?")
+    page.keyboard.press("Enter")
+    wait_done(page, 1)
+    assert sent[-1]["search_recency_filter"] == "year"
+    assert sent[-1]["search_domain_filter"] == ["wikipedia.org"]
+    # A search link runs the search it names, with its filters.
+    page.goto(f"{app_server.url}/?q={QUESTION.replace(' ', '+').replace('?', '%3F')}"
+              "&site=-example.org")
+    turn = wait_done(page, 0)
+    assert sent[-1] == {"query": QUESTION, "search_domain_filter": ["-example.org"]}
+    assert turn.locator(".turn-filters").inner_text() == "Filtered: -site:example.org"
+    assert turn.locator(".cards .card").count() >= 1  # Wikipedia is not excluded
+    page.close()
+
+
+def test_research_mode_shows_the_plan_and_a_sectioned_report(context: Any,
+                                                             app_server: ServerProcess
+                                                             ) -> None:
+    page = context.new_page()
+    sent: list[dict] = []
+    page.on("request", lambda r: sent.append(json.loads(r.post_data or "{}"))
+            if r.url.endswith("/api/search") and r.method == "POST" else None)
+    page.goto(app_server.url + "/")
+    page.check("#research")
+    page.wait_for_function("location.search.includes('mode=research')")
+    page.fill("#q", "Who designed the Eiffel Tower, and where is the Statue of Liberty?")
+    page.keyboard.press("Enter")
+    turn = wait_done(page, 0)
+    assert sent[-1]["mode"] == "research"
+    assert turn.locator(".error").is_hidden(), turn.locator(".error").inner_text()
+    assert turn.locator(".plan-box").is_visible()
+    steps = turn.locator(".plan li").all_inner_texts()
+    assert len(steps) >= 2 and all(s.endswith("?") for s in steps), steps
+    # each step is a section of the rendered report, then the conclusion
+    assert turn.locator(".answer h2").all_inner_texts() == [*steps, "Conclusion"]
+    assert turn.locator(".cards .card").count() >= 1
+    assert "mode=research" in page.url
+    shot(page, "research")
+    page.close()
 
 
 def test_dark_mode_toggle_is_remembered(page: Any) -> None:

@@ -45,8 +45,13 @@ def test_home_headers_and_no_inline_code(client: TestClient) -> None:
     assert loaded and all(u.startswith("/") and not u.startswith("//") for u in loaded), loaded
     assert 'id="q"' in html and "autofocus" in html
     assert 'data-state="loading"' in html and "The model is loading" in html
-    assert [m for m in re.findall(r'<option value="([^"]+)"', html)] == [
+    provider = html[html.index('id="provider"'):]
+    provider = provider[:provider.index("</select>")]
+    assert re.findall(r'<option value="([^"]+)"', provider) == [
         "local,searxng", "local", "searxng"]
+    when = html[html.index('id="when"'):]
+    assert re.findall(r'<option value="([^"]*)"', when[:when.index("</select>")]) == [
+        "", "hour", "day", "week", "month", "year"]  # Sonar's search_recency_filter
 
 
 def test_assets_fit_the_budget(client: TestClient) -> None:

@@ -2,7 +2,8 @@
  *
  * Talks to the app only through its public API: POST /api/search (Server-Sent Events,
  * read from fetch's body stream because EventSource cannot POST), GET /api/search/{id},
- * /api/threads/{id}, /api/history and /api/info. See docs/ui.md.
+ * /api/threads/{id}, /api/history and /api/info; uploads go to POST /api/documents and
+ * collections are listed and deleted through /api/collections. See docs/ui.md.
  *
  * Security rule: text from a model or a page never reaches innerHTML unsanitized. Markdown
  * goes through marked (raw HTML escaped, images turned into text) and then DOMPurify
@@ -34,13 +35,16 @@
     store_failed: 'The answer could not be stored.',
   };
 
-  const state = { threadId: null, turns: [], busy: null };
+  const state = { threadId: null, turns: [], busy: null, filters: { recency: '', sites: [], mode: '' } };
   const els = {
     home: $('#home'), thread: $('#thread'), ask: $('#ask'), q: $('#q'), follow: $('#follow'),
     fq: $('#fq'), provider: $('#provider'), pop: $('#pop'), announce: $('#announce'),
+    when: $('#when'), site: $('#site'), research: $('#research'),
     history: $('#history'), historyList: $('#history-list'), theme: $('#theme'),
     tpl: $('#turn-tpl'),
   };
+  const docs = { box: $('#docs'), list: $('#doc-list'), file: $('#doc-file'), pick: $('#doc-pick'),
+    name: $('#doc-collection'), web: $('#doc-web'), status: $('#doc-status'), chosen: new Set() };
 
   // ------------------------------------------------------------------ markdown, safely
   const escapeHtml = (s) => String(s).replace(/[&<>"']/g, (c) => (
@@ -118,6 +122,8 @@
     turn.stage.classList.remove('idle');
     turn.cards.replaceChildren(); turn.answer.replaceChildren();
     turn.relatedList.replaceChildren(); turn.timings.textContent = '';
+    turn.node.querySelector('.plan').replaceChildren();
+    turn.node.querySelector('.plan-box').hidden = true;
     renderWithheld(turn, []);
     turn.sourcesBox.hidden = true; turn.answerBox.hidden = true; turn.relatedBox.hidden = true;
     turn.error.hidden = true; turn.stage.hidden = false; turn.stageText.textContent = 'Searching…';
@@ -131,7 +137,7 @@
     // Live: the search event starts it, then stage events (read, rank), then sources.
     setStage(turn, `Searching${searchQuery ? ` for “${searchQuery}”` : ''}…`);
   }
-  const STAGE_TEXT = { read: 'Reading', rank: 'Ranking' };
+  const STAGE_TEXT = { read: 'Reading', rank: 'Ranking', plan: 'Planning the research:', step: 'Researching' };
   const clearTimers = (turn) => { turn.timers.forEach(clearTimeout); turn.timers = []; };
 
   // --------------------------------------------------------------------- rendering
@@ -306,15 +312,28 @@
     switch (name) {
       case 'search':
         turn.searchId = data.search_id; turn.threadId = data.thread_id;
+        if (data.filters) {
+          const line = turn.node.querySelector('.turn-filters');
+          line.textContent = `Filtered: ${data.filters}`;
+          line.hidden = false;
+        }
         if (!turn.replay) { clearTimers(turn); startStages(turn, data.search_query); }
         break;
       case 'stage':
         if (!turn.replay && data.stage === 'queued') {  // after the sources: the model is busy
           setStage(turn, `Waiting for the model: ${data.detail || 'queued'}…`);
+        } else if (!turn.replay && data.stage === 'write') {  // research: one section at a time
+          setStage(turn, `Writing section ${data.detail || ''}…`);
         } else if (!turn.replay && !turn.sourcesSeen && STAGE_TEXT[data.stage]) {
           setStage(turn, `${STAGE_TEXT[data.stage]} ${data.detail || ''}…`.replace(' …', '…'));
         }
         break;
+      case 'plan': {  // research mode: the sub-questions, shown before the sources
+        const list = turn.node.querySelector('.plan');
+        list.replaceChildren(...(data.sub_questions || []).map((q) => el('li', null, q)));
+        turn.node.querySelector('.plan-box').hidden = false;
+        break;
+      }
       case 'sources':
         clearTimers(turn);
         renderSources(turn, data);
@@ -386,6 +405,13 @@
     const req = { query: turn.query };
     if (turn.askThread) req.thread_id = turn.askThread;
     if (turn.provider) req.provider = turn.provider;
+    if (state.filters.recency) req.search_recency_filter = state.filters.recency;
+    if (state.filters.sites.length) req.search_domain_filter = state.filters.sites;
+    if (state.filters.mode === 'research') req.mode = 'research';
+    if (docs.chosen.size) {  // your documents: with the web, or (unchecked) alone
+      req.collections = [...docs.chosen];
+      if (docs.web && !docs.web.checked) req.web = false;
+    }
     try {
       kick();
       const res = await fetch('/api/search', {
@@ -435,10 +461,11 @@
     act('regen').hidden = !last || turn.replay;
     act('copy').hidden = !turn.text;
     act('share').hidden = !(turn.finished && turn.searchId);
+    if (turn.finished) showExport();
     if (state.busy === turn) state.busy = null;
     setBusy(false);
     if (turn.finished && !turn.replay && turn.threadId && location.pathname === '/') {
-      history.replaceState(null, '', `/t/${encodeURIComponent(turn.threadId)}`);
+      history.replaceState(null, '', `/t/${encodeURIComponent(turn.threadId)}${filterQuery()}`);
     }
     if (!turn.replay) {
       els.announce.textContent = turn.finished ? 'Answer complete.' : turn.stopped ? 'Stopped.' : 'Answer failed.';
@@ -465,12 +492,64 @@
     return turn;
   }
 
+  // Export: the conversation as Markdown (footnotes), a plain download link. A share
+  // page links the shared answer itself (/api/search/{id} opens with the share link;
+  // /api/threads/{id} may not), until the visitor asks a follow-up of their own.
+  function showExport() {
+    const link = $('#export');
+    const shareId = body.dataset.mode === 'share' && body.dataset.ident;
+    const shared = shareId && state.turns.every((t) => t.replay);
+    const path = shared ? `/api/search/${encodeURIComponent(shareId)}`
+      : state.threadId ? `/api/threads/${encodeURIComponent(state.threadId)}` : null;
+    if (!link || !path) return;
+    link.href = `${path}?format=md`;
+    link.hidden = false;
+  }
+
+  // ---------------------------------------------------------------------- filters
+  // Time range and sites (Sonar's search controls) belong to the conversation: chosen
+  // on the home page, kept for its follow-ups, and kept in the address bar (?recency=
+  // &site=) so that a link (home, thread or share) searches the same way again.
+  const RECENCY = ['hour', 'day', 'week', 'month', 'year'];
+  const splitSites = (text) => String(text || '').split(/[\s,]+/).map((x) => x.trim()).filter(Boolean);
+  function filterQuery() {
+    const p = new URLSearchParams();
+    if (state.filters.recency) p.set('recency', state.filters.recency);
+    if (state.filters.sites.length) p.set('site', state.filters.sites.join(','));
+    if (state.filters.mode) p.set('mode', state.filters.mode);
+    const q = p.toString();
+    return q ? `?${q}` : '';
+  }
+  function readFilterControls() {
+    state.filters = { recency: els.when ? els.when.value : '', sites: splitSites(els.site && els.site.value),
+      mode: els.research && els.research.checked ? 'research' : '' };
+  }
+  function filtersFromAddress() {
+    const p = new URLSearchParams(location.search);
+    const recency = p.get('recency') || '';
+    state.filters = { recency: RECENCY.includes(recency) ? recency : '', sites: splitSites(p.getAll('site').join(',')),
+      mode: p.get('mode') === 'research' ? 'research' : '' };
+    if (els.when) els.when.value = state.filters.recency;
+    if (els.research) els.research.checked = state.filters.mode === 'research';
+    if (els.site) els.site.value = state.filters.sites.join(', ');
+  }
+  for (const control of [els.when, els.site, els.research]) {
+    if (!control) continue;
+    control.addEventListener('change', () => {
+      readFilterControls();
+      if (body.dataset.mode === 'home' && !state.turns.length) {
+        history.replaceState(null, '', `/${filterQuery()}`);
+      }
+    });
+  }
+
   // ---------------------------------------------------------------------- actions
   function ask(query, opts = {}) {
     const q = query.trim();
     if (!q || state.busy) return;
     const provider = els.provider && !els.provider.disabled && els.provider.selectedIndex > 0
       ? els.provider.value : null;
+    if (!state.turns.length) readFilterControls(); // a new conversation takes the controls
     const turn = newTurn(q, { provider, ...opts });
     turn.node.querySelector('.q').scrollIntoView({ block: 'start', behavior: 'smooth' });
     run(turn);
@@ -510,7 +589,7 @@
       case 'copy': flash(target, await copyText(answerWithFootnotes(turn)) ? 'Copied' : 'Copy failed'); break;
       case 'withheld': toggleWithheld(turn); break;
       case 'share': {
-        const url = `${location.origin}/s/${encodeURIComponent(turn.searchId)}`;
+        const url = `${location.origin}/s/${encodeURIComponent(turn.searchId)}${filterQuery()}`;
         target.dataset.url = url;
         flash(target, await copyText(url) ? 'Link copied' : url);
         break;
@@ -656,8 +735,91 @@
       finishRun(holder);
     }
   }
+  // ------------------------------------------------------------- your documents
+  // Upload (button or drop anywhere on the page) into the named collection, list the
+  // collections with their counts, choose which ones the next questions use.
+  async function loadCollections() {
+    if (!docs.box) return;
+    let data;
+    try {
+      const res = await fetch('/api/collections', { credentials: 'same-origin' });
+      if (!res.ok) return;
+      data = await res.json();
+    } catch (e) { return; }
+    const names = new Set(data.collections.map((c) => c.name));
+    for (const n of [...docs.chosen]) if (!names.has(n)) docs.chosen.delete(n);
+    docs.list.replaceChildren();
+    for (const c of data.collections) {
+      const li = el('li');
+      const label = el('label', 'toggle');
+      const box = document.createElement('input');
+      box.type = 'checkbox';
+      box.checked = docs.chosen.has(c.name);
+      box.addEventListener('change', () => { if (box.checked) docs.chosen.add(c.name); else docs.chosen.delete(c.name); });
+      label.append(box, ` ${c.name} (${c.documents})`);
+      const del = el('button', 'btn ghost small', '×');
+      del.type = 'button';
+      del.title = `Delete the collection ${c.name} and its documents`;
+      del.setAttribute('aria-label', del.title);
+      del.addEventListener('click', () => deleteCollection(c.name));
+      li.append(label, del);
+      docs.list.append(li);
+    }
+  }
+  async function deleteCollection(name) {
+    if (!window.confirm(`Delete the collection "${name}" and all its documents?`)) return;
+    const res = await fetch(`/api/collections/${encodeURIComponent(name)}`, {
+      method: 'DELETE', credentials: 'same-origin', headers: csrfHeader() });
+    docs.status.textContent = res.ok ? `Deleted ${name}.` : (await httpError(res)).message;
+    await loadCollections();
+  }
+  async function upload(files) {
+    const name = (docs.name.value || '').trim() || 'my-docs';
+    docs.box.open = true;
+    for (const file of files) {
+      docs.status.textContent = `Uploading ${file.name}…`;
+      const form = new FormData();
+      form.append('collection', name);
+      form.append('file', file, file.name);
+      try {
+        const res = await fetch('/api/documents', {
+          method: 'POST', body: form, credentials: 'same-origin', headers: csrfHeader() });
+        if (!res.ok) {
+          docs.status.textContent = `${file.name}: ${(await httpError(res)).message}`;
+          continue;
+        }
+        const doc = await res.json();
+        docs.chosen.add(name);  // what you just uploaded is what you ask with next
+        docs.status.textContent = `Added ${file.name} to ${name} (${doc.sections} ${doc.sections === 1 ? 'part' : 'parts'}).`;
+      } catch (e) {
+        docs.status.textContent = `${file.name}: the upload failed (${e.message}).`;
+      }
+    }
+    await loadCollections();
+  }
+  if (docs.box) {
+    docs.pick.addEventListener('click', () => docs.file.click());
+    docs.file.addEventListener('change', () => { const f = [...docs.file.files]; docs.file.value = ''; if (f.length) upload(f); });
+    const hasFiles = (ev) => ev.dataTransfer && [...ev.dataTransfer.types].includes('Files');
+    document.addEventListener('dragover', (ev) => { if (hasFiles(ev)) { ev.preventDefault(); body.classList.add('dropping'); } });
+    document.addEventListener('dragleave', (ev) => { if (!ev.relatedTarget) body.classList.remove('dropping'); });
+    document.addEventListener('drop', (ev) => {
+      if (!hasFiles(ev)) return;
+      ev.preventDefault();
+      body.classList.remove('dropping');
+      if (ev.dataTransfer.files.length) upload([...ev.dataTransfer.files]);
+    });
+    loadCollections();
+  }
+
   const ident = body.dataset.ident;
+  filtersFromAddress();
   if (body.dataset.mode === 'share' && ident) loadStored(`/api/search/${encodeURIComponent(ident)}`, false);
   if (body.dataset.mode === 'thread' && ident) loadStored(`/api/threads/${encodeURIComponent(ident)}`, true);
-  if (body.dataset.mode === 'home') els.q.focus();
+  if (body.dataset.mode === 'home') {
+    const asked = new URLSearchParams(location.search).get('q');
+    if (asked && asked.trim()) {  // a search link (/?q=...&recency=...&site=...) runs it
+      if (body.dataset.state === 'ready') ask(asked, { askThread: null }); else els.q.value = asked;
+    } else els.q.focus();
+  }
 })();
