@@ -50,7 +50,7 @@ def eval_group() -> None:
 def datasets_command() -> None:
     """List the named datasets (any JSONL file works too)."""
     for name, (about, _) in DATASETS.items():
-        corpus = ",".join(DEFAULT_CORPUS.get(name, [])) or "(a web provider)"
+        corpus = ",".join(DEFAULT_CORPUS.get(name, [])) or "(--base-url of an app)"
         click.echo(f"{name:18} {about}  [corpus: {corpus}]")
 
 
@@ -108,6 +108,9 @@ def corpus_command(packages: str, strip_questions: bool, pages: str | None, serv
 @click.option("--related/--no-related", default=False, show_default=True,
               help="Also generate related questions (slower; scored as related_ge2: the "
                    "share of answers with at least two).")
+@click.option("--mode", type=click.Choice(["quick", "research"]), default="quick",
+              show_default=True, help="The app's answer mode: quick (one search, one "
+              "answer) or research (planned sub-questions, a sectioned report).")
 @click.option("--index-recall/--no-index-recall", default=None,
               help="Also score the local index's own top 10 (GET /searxng/search): "
               "retrieval without the relevance gate. Default: on when the harness starts "
@@ -128,7 +131,7 @@ def corpus_command(packages: str, strip_questions: bool, pages: str | None, serv
 def run_command(dataset: str, limit: int | None, concurrency: int, base_url: str | None,
                 api_key: str | None, run_id: str | None, corpus: str | None,
                 strip_questions: bool, pages: str | None, serve_args: tuple[str, ...],
-                provider: str | None, sources: int | None, related: bool,
+                provider: str | None, sources: int | None, related: bool, mode: str,
                 index_recall: bool | None, retrieval_only: bool, support: str,
                 judge_url: str | None, judge_model: str | None, judge_api_key: str | None,
                 progress: bool, root: Path) -> None:
@@ -156,7 +159,7 @@ def run_command(dataset: str, limit: int | None, concurrency: int, base_url: str
              else DEFAULT_CORPUS.get(label, []))
     if base_url is None and not names:
         raise _fail(f"dataset {label!r} has no docs corpus: pass --corpus PACKAGES or "
-                    "--base-url of an app with a web provider")
+                    "--base-url of an app (a web provider, or its own index)")
     if done:
         click.echo(f"resuming {run_id}: {len(done)} done, {len(todo)} to go", err=True)
     if base_url is not None:
@@ -174,7 +177,7 @@ def run_command(dataset: str, limit: int | None, concurrency: int, base_url: str
                        corpus_variant=("stripped" if strip_questions else "full")
                        + (f", pages {pages}" if pages else ""),
                        serve_args=list(serve_args), provider=provider, sources=sources,
-                       related=related, concurrency=concurrency,
+                       related=related, mode=mode, concurrency=concurrency,
                        index_recall=(base_url is None if index_recall is None
                                      else index_recall) or retrieval_only,
                        retrieval_only=retrieval_only,
@@ -259,7 +262,7 @@ def _run(url: str, config: Any, todo: list[Any], results_path: Path, scorer: Any
         asyncio.run(answer_questions(
             url, todo, results_path, scorer, concurrency=config.concurrency,
             api_key=api_key, provider=config.provider, sources=config.sources,
-            related=config.related, index_recall=config.index_recall,
+            related=config.related, mode=config.mode, index_recall=config.index_recall,
             on_done=lambda r: bar.advance(task)))
 
 
@@ -317,6 +320,72 @@ def _gate(data_dir: Path) -> tuple[Any, float, Any]:
         return asyncio.run(pipeline.best_dense_score(question))
 
     return gate, threshold, index
+
+
+@eval_group.command("coverage")
+@click.option("--dataset", required=True, help="A named dataset or a JSONL file.")
+@click.option("--index", "index", type=click.Path(path_type=Path), default=Path("data/index"),
+              show_default=True, help="The app's local index (folder or index.sqlite).")
+@click.option("--out", type=click.Path(path_type=Path),
+              help="Write the questions with at least --min-share of their gold pages "
+              "indexed, best covered first, as JSONL (for eval run --dataset FILE).")
+@click.option("--min-share", type=click.FloatRange(0, 1), default=0.0, show_default=True)
+@_root
+def coverage_command(dataset: str, index: Path, out: Path | None, min_share: float,
+                     root: Path) -> None:
+    """How many of a dataset's gold pages an app's local index holds (page level)."""
+    from evals.coverage import coverage, index_urls, most_covered
+    from evals.datasets import write_jsonl
+
+    try:
+        questions = load_dataset(dataset, root)
+        indexed = index_urls(index)
+    except (DatasetError, CorpusError, FileNotFoundError) as exc:
+        raise _fail(str(exc)) from None
+    cov = coverage(questions, indexed)
+    click.echo(cov.summary())
+    if out is not None:
+        kept = most_covered(questions, cov, min_share=min_share)
+        write_jsonl(out, kept)
+        click.echo(f"{len(kept)} questions with >= {min_share:g} of their gold pages "
+                   f"indexed: {out}", err=True)
+
+
+@eval_group.command("rescore")
+@click.argument("run")
+@click.option("--dataset", help="The questions (default: the run's own dataset).")
+@click.option("--support", type=click.Choice(["embedding", "none"]), default="embedding",
+              show_default=True, help="Support check of the citation metrics.")
+@_root
+def rescore_command(run: str, dataset: str | None, support: str, root: Path) -> None:
+    """Recompute a run's per-question metrics from its stored answers (after a metric or
+    a dataset's mapping changed), then rewrite its report. Asks no app; the judge's
+    grades are kept."""
+    from evals.report import markdown, write_report
+    from evals.runner import read_config, read_results, write_config
+
+    run_dir = _run_dir(root, run)
+    config = read_config(run_dir)
+    try:
+        questions = {q.id: q for q in load_dataset(dataset or config.dataset, root)}
+    except (DatasetError, CorpusError) as exc:
+        raise _fail(str(exc)) from None
+    _, scorer = _scorer(support, None, None, None, config.related)
+    results = read_results(run_dir / "results.jsonl")
+    missing = [r.id for r in results if r.id not in questions]
+    if missing:
+        raise _fail(f"{len(missing)} answers of {run_dir.name} are not in the dataset "
+                    f"(first: {missing[0]!r})")
+    for result in results:
+        scorer.score(questions[result.id], result)
+    config.support_check = scorer.support.name if scorer.support else "none"
+    path = run_dir / "results.jsonl"
+    temporary = path.with_suffix(".jsonl.tmp")
+    temporary.write_text("".join(r.model_dump_json() + "\n" for r in results),
+                         encoding="utf-8")
+    temporary.replace(path)
+    write_config(run_dir, config)
+    click.echo(markdown(write_report(run_dir)))
 
 
 @eval_group.command("report")

@@ -2,8 +2,9 @@
 exact values, and the definitions in docs/evals.md are these functions.
 
 - retrieval: recall@k and MRR of gold URLs, at page level and ``url#anchor`` level;
-- answer: SQuAD normalized exact match and token F1 (short answers), token recall of the
-  gold passage (long answers), SimpleQA grades and F-score (LLM judge, optional);
+- answer: SQuAD normalized exact match and token F1 (short answers), the share of gold
+  answer strings found (FanOutQA's loose accuracy, multi-part answers), token recall of
+  the gold passage (long answers), SimpleQA grades and F-score (LLM judge, optional);
 - citations: ALCE citation recall and precision given a support check;
 - abstention: the share of unanswerable questions answered "not found";
 - latency: p50/p95 per stage, tokens per second.
@@ -16,12 +17,13 @@ import re
 import string
 from collections import Counter
 from collections.abc import Callable, Sequence
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 __all__ = [
     "RETRIEVAL_KS",
     "alce_citations",
     "answer_contains",
+    "answer_recall",
     "exact_match",
     "f1_score",
     "mrr",
@@ -41,13 +43,15 @@ RETRIEVAL_KS = (1, 3, 5, 8)
 
 
 def normalize_url(url: str, *, anchor: bool) -> str:
-    """Scheme-less, lower-case host, no ``www.``, no trailing slash or ``.html``; the
-    fragment kept only when ``anchor`` (``~N`` suffixes of split sections dropped)."""
+    """Scheme-less, lower-case host, no ``www.``, no trailing slash or ``.html``,
+    percent-encoding undone (``Pok%C3%A9mon`` = ``Pokémon``: Wikipedia URLs are written
+    either way); the fragment kept only when ``anchor`` (``~N`` suffixes of split
+    sections dropped)."""
     parts = urlsplit(url.strip())
     host = (parts.hostname or "").lower().removeprefix("www.")
-    path = parts.path.rstrip("/").removesuffix(".html")
+    path = unquote(parts.path).rstrip("/").removesuffix(".html")
     out = f"{host}{path}"
-    fragment = parts.fragment.split("~", 1)[0]
+    fragment = unquote(parts.fragment).split("~", 1)[0]
     return f"{out}#{fragment}" if anchor and fragment else out
 
 
@@ -133,6 +137,18 @@ def answer_contains(prediction: str, answers: Sequence[str]) -> float | None:
     norm = f" {normalize_answer(prediction)} "
     return float(any(f" {normalize_answer(a)} " in norm for a in answers
                      if normalize_answer(a)))
+
+
+def answer_recall(prediction: str, answers: Sequence[str]) -> float | None:
+    """FanOutQA's loose accuracy: the share of the gold answer strings (with repeats:
+    each is a part of a multi-part answer) that occur, normalized, as whole tokens in the
+    normalized prediction. For one gold string it equals :func:`answer_contains`.
+    FanOutQA also lemmatizes with spaCy; this does not (closer to strict matching)."""
+    parts = [f" {normalize_answer(a)} " for a in answers if normalize_answer(a)]
+    if not parts:
+        return None
+    norm = f" {normalize_answer(prediction)} "
+    return sum(part in norm for part in parts) / len(parts)
 
 
 def token_recall(prediction: str, passage: str | None) -> float | None:

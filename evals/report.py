@@ -22,10 +22,10 @@ __all__ = ["METRIC_GROUPS", "compare_runs", "summarize", "write_report"]
 
 METRIC_GROUPS: dict[str, list[str]] = {
     "retrieval": [f"recall@{k}_{lvl}" for lvl in ("page", "anchor") for k in m.RETRIEVAL_KS]
-    + ["mrr_page", "mrr_anchor"]
+    + ["recall@all_page", "mrr_page", "mrr_anchor"]
     + [f"index_recall@{k}_{lvl}" for lvl in ("page", "anchor") for k in (5, 10)]
     + ["index_mrr_page", "index_mrr_anchor"],
-    "answer": ["exact_match", "f1", "answer_contains", "passage_recall"],
+    "answer": ["exact_match", "f1", "answer_contains", "answer_recall", "passage_recall"],
     "citations": ["citation_recall", "citation_precision", "sentences_supported"],
     "abstention": ["abstention", "false_abstention"],
     "extras": ["cut_off", "related_ge2", "withheld_sentences"],
@@ -96,7 +96,8 @@ def markdown(summary: dict[str, Any], plots: dict[str, str] | None = None) -> st
                   f"- corpus: {', '.join(run.get('corpus') or []) or '(as served)'} "
                   f"({run.get('corpus_variant')}); support check: {run.get('support_check')}"
                   f"; judge: {run.get('judge') or 'none'}",
-                  f"- finish reasons: {summary['finish_reasons']}; created {run['created']}",
+                  f"- mode: {run.get('mode') or 'quick'}; finish reasons: "
+                  f"{summary['finish_reasons']}; created {run['created']}",
                   ""]
     for group, names in METRIC_GROUPS.items():
         lines += [f"## {group.capitalize()}", "", "| metric | mean | n |", "|---|---|---|"]
@@ -206,7 +207,8 @@ def compare_runs(run_a: Path, run_b: Path, out_dir: Path) -> str:
     lines = [f"# Compare `{a}` (A) with `{b}` (B)", "",
              f"Datasets: A `{configs[0].dataset}` ({sums[0]['questions']} q), B "
              f"`{configs[1].dataset}` ({sums[1]['questions']} q). "
-             f"{sum(1 for _ in _shared(results))} questions in both.", "",
+             f"{sum(1 for _ in _shared(results))} questions in both. Modes: A "
+             f"{configs[0].mode}, B {configs[1].mode}.", "",
              "| metric | A | B | B − A |", "|---|---|---|---|"]
     rows: dict[str, Any] = {}
     for names in METRIC_GROUPS.values():

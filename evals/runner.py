@@ -58,6 +58,7 @@ class RunConfig(BaseModel):
     provider: str | None = None
     sources: int | None = None
     related: bool = False
+    mode: str = "quick"  # the app's answer mode: quick, or research (planned report)
     index_recall: bool = False
     retrieval_only: bool = False
     concurrency: int = 1
@@ -84,6 +85,8 @@ class QuestionResult(BaseModel):
     grade: str | None = None
     related: list[str] = Field(default_factory=list)
     withheld: int = 0  # sentences the strict grounding policy left out
+    mode: str | None = None  # the mode the app answered in (quick, research)
+    plan: list[str] = Field(default_factory=list)  # research mode: the sub-questions
     retrieval_only: bool = False  # no answer was asked for: only index_* metrics
     gate_score: float | None = None  # retrieval only: what the relevance gate reads
     gate_threshold: float | None = None
@@ -96,19 +99,31 @@ _REFUSAL = re.compile(r"\b(do(es)? not (contain|cover|mention|say|provide)|canno
                       r"can't answer|no information|not (found|mentioned) in)\b", re.I)
 
 
+_HEADING = re.compile(r"^#{2,3} .*$", re.M)
+
+
 def abstained(answer: str, finish_reason: str | None) -> bool:
     """The app's abstention (the relevance gate fired, or its fixed text), or a model
-    reply that says the sources lack the answer."""
-    from search_app.prompts import ABSTAIN_TEXT
+    reply that says the sources lack the answer. A research report (``## `` sections)
+    abstained only when every section did: one unanswered part is not a refusal."""
+    from search_app.prompts import ABSTAIN_TEXT, RESEARCH_GAP_TEXT
 
-    return (finish_reason == "no_relevant_sources" or ABSTAIN_TEXT[:40] in answer
-            or bool(_REFUSAL.search(answer)))
+    if finish_reason == "no_relevant_sources" or ABSTAIN_TEXT[:40] in answer:
+        return True
+    sections = [s.strip() for s in _HEADING.split(answer) if s.strip()]
+    if len(sections) > 1 or (sections and _HEADING.search(answer)):
+        return all(RESEARCH_GAP_TEXT in s or _REFUSAL.search(s) for s in sections)
+    return bool(_REFUSAL.search(answer))
 
 
 def answer_sentences(answer: str) -> list[tuple[str, list[int]]]:
-    """(sentence without citations, cited numbers), split the way the app splits."""
+    """(sentence without citations, cited numbers), split the way the app splits. A
+    research report's headings and its "not covered" lines are the app's own words, not
+    claims about the sources: they are left out."""
     from search_app.grounding import SentenceSplitter, citations, strip_citations
+    from search_app.prompts import RESEARCH_GAP_TEXT
 
+    answer = _HEADING.sub("", answer).replace(RESEARCH_GAP_TEXT, "")
     splitter = SentenceSplitter()
     parts = [*splitter.feed(answer), splitter.flush()]
     out = []
@@ -147,6 +162,8 @@ class Scorer:
             for k in m.RETRIEVAL_KS:
                 out[f"recall@{k}_{level}"] = m.recall_at_k(urls, q.gold_urls, k, anchor=anchor)
             out[f"mrr_{level}"] = m.mrr(urls, q.gold_urls, anchor=anchor)
+            if not anchor:  # every source returned (research mode returns up to 12)
+                out["recall@all_page"] = m.recall_at_k(urls, q.gold_urls, len(urls) or 1)
             if r.index_urls is not None:  # the index alone: no relevance gate, no packing
                 for k in (5, 10):
                     out[f"index_recall@{k}_{level}"] = m.recall_at_k(
@@ -169,6 +186,7 @@ class Scorer:
                 out["exact_match"] = m.exact_match(r.answer, q.answers)
                 out["f1"] = m.f1_score(r.answer, q.answers)
                 out["answer_contains"] = m.answer_contains(r.answer, q.answers)
+                out["answer_recall"] = m.answer_recall(r.answer, q.answers)
                 out["passage_recall"] = m.token_recall(r.answer, q.gold_passage)
         if not failed and not did_abstain:
             out["withheld_sentences"] = float(r.withheld)
@@ -213,15 +231,18 @@ async def index_urls(http: httpx.AsyncClient, question: str) -> list[str] | None
 
 
 async def ask_one(client: Any, q: Question, *, provider: str | None, sources: int | None,
-                  related: bool) -> QuestionResult:
-    """One question through the streaming API; an error becomes the result's error."""
+                  related: bool, mode: str = "quick") -> QuestionResult:
+    """One question through the streaming API; an error becomes the result's error.
+    ``mode="research"`` asks for the planned, sectioned report; quick (the app's
+    default) sends no mode, so apps without research mode are measured too."""
     from search_app.client import Answer, SearchAPIError
 
     result = QuestionResult(id=q.id, question=q.question, tags=q.tags)
     started = time.perf_counter()
     try:
-        events = [e async for e in client.stream(q.question, provider=provider,
-                                                 sources=sources, related=related)]
+        events = [e async for e in client.stream(
+            q.question, provider=provider, sources=sources, related=related,
+            mode=None if mode == "quick" else mode)]
         answer = Answer.from_events(events)
     except SearchAPIError as exc:
         result.error = {"code": exc.code, "message": exc.message[:500]}
@@ -236,6 +257,8 @@ async def ask_one(client: Any, q: Question, *, provider: str | None, sources: in
         result.usage = answer.usage.model_dump()
         result.related = answer.related
         result.withheld = answer.support.withheld if answer.support else 0
+        result.mode = answer.mode
+        result.plan = list(answer.plan)
     result.wall_ms = round((time.perf_counter() - started) * 1000, 1)
     return result
 
@@ -244,7 +267,7 @@ async def answer_questions(base_url: str, questions: Sequence[Question], results
                            scorer: Scorer, *, concurrency: int = 1,
                            api_key: str | None = None, provider: str | None = None,
                            sources: int | None = None, related: bool = False,
-                           index_recall: bool = False,
+                           mode: str = "quick", index_recall: bool = False,
                            on_done: Callable[[QuestionResult], None] | None = None
                            ) -> int:
     """Ask every question (``concurrency`` at a time), score it, append it to
@@ -264,7 +287,7 @@ async def answer_questions(base_url: str, questions: Sequence[Question], results
             nonlocal errors
             async with gate:
                 result = await ask_one(client, q, provider=provider, sources=sources,
-                                       related=related)
+                                       related=related, mode=mode)
                 if index_recall and q.gold_urls:
                     result.index_urls = await index_urls(http, q.question)
             await asyncio.to_thread(scorer.score, q, result)

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import secrets
+from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
@@ -29,7 +30,13 @@ from retrieval.reader import PageReader
 from search_app import routes
 from search_app.access import Access, AccessMiddleware, Sessions
 from search_app.calibration import calibrate_relevance
-from search_app.collections import UPLOAD_PATH, CollectionLimits, Collections
+from search_app.collections import (
+    UPLOAD_PATH,
+    CollectionLimits,
+    Collections,
+    chosen,
+    owner_of,
+)
 from search_app.config import Settings
 from search_app.deps import AnswerServices, answer_services
 from search_app.grounding import RELEVANCE_THRESHOLD, Grounder
@@ -92,11 +99,16 @@ def create_app(settings: Settings) -> FastAPI:
             metrics.rate_limited.inc()
             raise
 
+    async def collections(names: Sequence[str], web: bool) -> list[str]:
+        return await chosen(answer_services(app).collections, owner_of(client_key.get()),
+                            names, web)
+
     for name, mode in ((settings.answer_model, "quick"),
                        (f"{settings.answer_model}-research", "research")):
         registry.agents[name] = AnswerAgent(
             name, lambda: answer_services(app).pipeline,
-            lambda: registry.default_engine.info.context_length, limit=limit, mode=mode)
+            lambda: registry.default_engine.info.context_length, limit=limit, mode=mode,
+            collections=collections)
     # Added before api.install, so it runs inside auth and CORS: an unauthenticated
     # request costs no token, limits count per key, and a 429 still carries CORS headers.
     app.add_middleware(RateLimitMiddleware, paths=_ANSWER_PATHS, limiter=limiter,

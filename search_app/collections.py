@@ -82,6 +82,29 @@ class CollectionLimits:
     extract: ExtractLimits = ExtractLimits()
 
 
+async def chosen(collections: Collections | None, owner: str, names: Sequence[str],
+                 web: bool) -> list[str]:
+    """The ids of the collections a question names, for every face that takes them
+    (``/api/search``, the answer model, MCP): a 400 for none named with the web off or
+    for an app without uploads, a 404 for a name ``owner`` has no collection by."""
+    if not web and not names:
+        raise BadRequestError("With web false, name at least one collection to search.",
+                              param="collections")
+    if not names:
+        return []
+    if collections is None:
+        raise BadRequestError("This app has no uploaded documents.", param="collections")
+    return [await collections.resolve(owner, name) for name in names]
+
+
+def owner_of(principal: str | None) -> str:
+    """Whose collections a caller sees: a multi-user account's own (``user:NAME``),
+    else the app's (one user; API keys share them)."""
+    from search_app.users import USER_PREFIX
+
+    return principal if principal and principal.startswith(USER_PREFIX) else APP_OWNER
+
+
 def valid_name(name: str) -> str:
     """A collection name: 1-64 letters, digits, spaces, dots, dashes or underscores,
     starting with a letter or digit (400 otherwise)."""

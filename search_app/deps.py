@@ -14,7 +14,7 @@ from typing import Annotated
 from fastapi import Depends, FastAPI, Request
 
 from retrieval.index import LocalIndex
-from search_app.collections import APP_OWNER, Collections
+from search_app.collections import Collections, owner_of
 from search_app.config import Settings
 from search_app.pipeline import AnswerPipeline
 from search_app.store import Store
@@ -109,7 +109,7 @@ def signed_in_user(request: Request) -> str | None:
 def owner(request: Request) -> str:
     """Whose collections of uploaded documents a request sees: the signed-in user's in
     multi-user mode, else the app's (one user; API keys share them)."""
-    return signed_in_user(request) or APP_OWNER
+    return owner_of(signed_in_user(request))
 
 
 def client_id(request: Request) -> str | None:

@@ -39,7 +39,7 @@ from pydantic import BaseModel, Field
 from retrieval.filters import Recency, SearchFilters
 from retrieval.providers import ProviderError
 from retrieval.types import Document
-from search_app.collections import APP_OWNER
+from search_app.collections import chosen, owner_of
 from search_app.config import Settings
 from search_app.deps import AnswerServices, answer_services
 from search_app.events import (
@@ -206,7 +206,7 @@ def build_server(services: ServicesGetter, *, limit: Limiter | None = None,
         found = await services()
         if found.collections is None:
             return CollectionList(collections=[])
-        rows = await found.collections.list(_owner(_principal(ctx)))
+        rows = await found.collections.list(owner_of(_principal(ctx)))
         return CollectionList(collections=[
             CollectionOut(name=r["name"], documents=int(r["documents"])) for r in rows])
 
@@ -215,25 +215,12 @@ def build_server(services: ServicesGetter, *, limit: Limiter | None = None,
 
 async def _collection_ids(services: AnswerServices, principal: str | None,
                           names: list[str], web: bool) -> list[str]:
-    """The ids of the named collections this caller owns; a tool error names what is
-    wrong (none named with web off, an unknown or someone else's collection)."""
-    if not web and not names:
-        raise ToolError("With web false, name at least one collection to search.")
-    if not names:
-        return []
-    if services.collections is None:
-        raise ToolError("This app has no uploaded documents.")
+    """The ids of the named collections this caller owns, or a tool error saying what
+    is wrong (search_app/collections.py ``chosen``)."""
     try:
-        return [await services.collections.resolve(_owner(principal), name)
-                for name in names]
+        return await chosen(services.collections, owner_of(principal), names, web)
     except ServingError as exc:
         raise ToolError(exc.message) from None
-
-
-def _owner(principal: str | None) -> str:
-    """Whose collections a caller sees: a multi-user account's own, else the app's (as
-    on the HTTP API: search_app/deps.py ``owner``)."""
-    return principal if principal is not None and _is_user(principal) else APP_OWNER
 
 
 def _filters(domains: list[str] | None, recency: Recency | None, after: str | None,

@@ -9,7 +9,8 @@ with ``[N]``, and ``citations`` (URLs, ``citations[N-1]`` is source N) and
 search controls (``search_domain_filter``, ``search_recency_filter``,
 ``search_after_date_filter``, ``search_before_date_filter``) filter the search. Research
 mode is the model ``search-app-research`` (what Sonar calls ``sonar-deep-research``), or
-``mode: "research"`` on either name.
+``mode: "research"`` on either name; ``collections`` (names of uploaded collections) and
+``web: false`` ask with your own documents, as on ``/api/search``.
 
 The conversation is the thread: earlier user/assistant turns are the history (the search
 query of a follow-up is rewritten with it, as in ``/api/search``); the last message must
@@ -23,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Literal
 
 from pydantic import BaseModel, Field
@@ -127,8 +128,11 @@ class AnswerAgent:
     def __init__(self, name: str, pipeline: Callable[[], AnswerPipeline],
                  context_length: Callable[[], int | None],
                  limit: Callable[[], Awaitable[None]] | None = None,
-                 mode: Literal["quick", "research"] = "quick") -> None:
+                 mode: Literal["quick", "research"] = "quick",
+                 collections: Callable[[Sequence[str], bool], Awaitable[list[str]]]
+                 | None = None) -> None:
         self.name = name
+        self._collections = collections  # names -> the caller's collection ids (or 4xx)
         self.mode = mode  # the default of the extra field `mode` for this model name
         self._limit = limit  # the app's per-client rate limit (raises a 429)
         self._pipeline = pipeline  # raises EngineNotReadyError until the app has built it
@@ -154,11 +158,17 @@ class AnswerAgent:
         mode = extra.get("mode", self.mode)
         if mode not in ("quick", "research"):
             raise BadRequestError("mode must be 'quick' or 'research'.", param="mode")
+        names, web = extra.get("collections") or [], extra.get("web", True)
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names) \
+                or not isinstance(web, bool):
+            raise BadRequestError("collections must be a list of names and web a boolean.",
+                                  param="collections")
+        ids = await self._collections(names, web) if self._collections is not None else []
         pipeline = self._pipeline()
         if self._limit is not None:
             await self._limit()
         request = AnswerRequest(query=question, history=history, related=related,
-                                filters=filters, mode=mode)
+                                filters=filters, mode=mode, collections=ids, web=web)
         events = pipeline.run(request)
         try:
             sources = await self._until_sources(events)

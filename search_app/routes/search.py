@@ -13,6 +13,7 @@ from fastapi.responses import Response
 from pydantic import ConfigDict, Field, field_validator, model_validator
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
+from search_app.collections import chosen
 from search_app.deps import (
     CLIENT_COOKIE,
     ClientIdDep,
@@ -90,13 +91,7 @@ async def search(body: SearchRequest, pipeline: PipelineDep, store: StoreDep,
     if body.provider is not None and body.provider not in pipeline.chains:
         raise BadRequestError(f"Unknown provider {body.provider!r}; configured: "
                               f"{', '.join(pipeline.chains)}.", param="provider")
-    if not body.web and not body.collections:
-        raise BadRequestError("With web false, name at least one collection to search.",
-                              param="collections")
-    if body.collections and collections is None:
-        raise BadRequestError("This app has no uploaded documents.", param="collections")
-    collection_ids = [await collections.resolve(owner, name)  # 404: unknown or not yours
-                      for name in body.collections] if collections is not None else []
+    collection_ids = await chosen(collections, owner, body.collections, body.web)
     history: list[tuple[str, str]] = []
     if body.thread_id is not None:
         turns = await _own_thread(store, body.thread_id, user)

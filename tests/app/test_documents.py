@@ -97,7 +97,9 @@ async def test_upload_list_ask_download_delete(tmp_path: Path) -> None:
         assert original.status_code == 200 and original.content == pdf_file(PAGES)
         assert original.headers["content-type"] == "application/pdf"
         assert original.headers["x-content-type-options"] == "nosniff"
-        assert "sandbox" in original.headers["content-security-policy"]
+        # the browser's PDF viewer shows it (it refuses sandboxed documents); it never
+        # runs as a page of this origin
+        assert "content-security-policy" not in original.headers
         assert original.headers["content-disposition"].startswith(
             'inline; filename="flood report.pdf"')
 
@@ -131,6 +133,7 @@ async def test_html_is_never_served_as_a_page(tmp_path: Path) -> None:
         r = await c.get(f"/api/documents/{doc['id']}")
         assert r.headers["content-type"].startswith("text/plain")
         assert r.headers["content-disposition"].startswith("attachment;")
+        assert "sandbox" in r.headers["content-security-policy"]
         assert r.headers["x-content-type-options"] == "nosniff"
         sources = dict(await _ask(c, collections=["reports"], web=False))["sources"]
         assert sources["sources"][0]["title"] == "page.pdf, \u00a7 Bridges"
@@ -270,3 +273,19 @@ async def test_a_failure_after_indexing_undoes_everything(tmp_path: Path) -> Non
         docs = (await c.get("/api/collections/reports/documents")).json()["documents"]
         assert [d["filename"] for d in docs] == ["notes.txt"]
     store.close()
+
+
+async def test_the_answer_model_asks_with_collections(tmp_path: Path) -> None:
+    app, _, collections = _app(tmp_path)
+    await collections.add("app", "reports", "rivers.pdf", pdf_file(PAGES))
+    async with _client(app) as c:
+        body = {"model": "search-app", "collections": ["reports"], "web": False,
+                "messages": [{"role": "user", "content": QUESTION}]}
+        done = await c.post("/v1/chat/completions", json=body)
+        assert done.status_code == 200, done.text
+        assert all("rivers.pdf" in r["title"] for r in done.json()["search_results"])
+        missing = await c.post("/v1/chat/completions", json={**body, "collections": ["x"]})
+        assert missing.status_code == 404 and "'x'" in missing.json()["error"]["message"]
+        alone = await c.post("/v1/chat/completions", json={**body, "collections": []})
+        assert alone.status_code == 400
+        assert alone.json()["error"]["param"] == "collections"

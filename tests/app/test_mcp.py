@@ -135,9 +135,8 @@ async def test_search_filters_and_research_mode_reach_the_pipeline(tmp_path: Pat
 
 async def test_collections_list_and_ask_with_them(tmp_path: Path) -> None:
     from tests.app.test_documents import ANSWER as DOC_ANSWER
-    from tests.app.test_documents import PAGES
+    from tests.app.test_documents import PAGES, _app
     from tests.app.test_documents import QUESTION as DOC_QUESTION
-    from tests.app.test_documents import _app
     from tests.support.documents import pdf_file
 
     app, _, collections = _app(tmp_path)

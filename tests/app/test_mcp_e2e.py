@@ -44,7 +44,7 @@ async def _check_tools(session: ClientSession) -> None:
     """What both transports must do: the tools and their schemas, search, ask with
     progress, and a clear error for an empty query."""
     tools = {t.name: t for t in (await session.list_tools()).tools}
-    assert set(tools) == {"search", "ask"}
+    assert set(tools) == {"search", "ask", "list_collections"}
     assert tools["ask"].input_schema["required"] == ["query"]
     assert tools["search"].output_schema is not None
 
