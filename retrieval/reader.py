@@ -127,14 +127,18 @@ class PageReader:
             self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def read(self, results: Sequence[SearchResult],
-                   budget_s: float | None = None) -> list[Document]:
-        """One Document per result, in order, within ``budget_s`` (default from options)."""
+                   budget_s: float | None = None, max_pages: int | None = None
+                   ) -> list[Document]:
+        """One Document per result, in order, within ``budget_s`` (default from options);
+        at most ``max_pages`` are fetched (default from options; research mode reads its
+        own page budget), the rest keep their snippets."""
         budget = budget_s if budget_s is not None else self.options.budget_s
+        limit = max_pages if max_pages is not None else self.options.max_pages
         deadline = time.monotonic() + budget
-        top = list(results[: self.options.max_pages])
+        top = list(results[:limit])
         docs = await asyncio.gather(*(self._read_one(r, deadline, budget) for r in top))
-        rest = [_fallback(r, f"not read (only the top {self.options.max_pages} are read)")
-                for r in results[self.options.max_pages:]]
+        rest = [_fallback(r, f"not read (only the top {limit} are read)")
+                for r in results[limit:]]
         return [*docs, *rest]
 
     async def _read_one(self, result: SearchResult, deadline: float,

@@ -129,8 +129,9 @@ def _body(query: str, **controls: Any) -> dict[str, Any]:
     """The request body: the question and every control that was given (None: the
     app's default), filters under Sonar's names (``search_domain_filter``, ...)."""
     body = {"query": query, **controls}
-    if isinstance(body.get("search_domain_filter"), str):  # one domain, not its letters
-        body["search_domain_filter"] = [body["search_domain_filter"]]
+    for key in ("search_domain_filter", "collections"):  # one name, not its letters
+        if isinstance(body.get(key), str):
+            body[key] = [body[key]]
     return {k: v for k, v in body.items() if v is not None}
 
 
@@ -209,7 +210,7 @@ class SearchClient:
                      search_recency_filter=search_recency_filter,
                      search_after_date_filter=search_after_date_filter,
                      search_before_date_filter=search_before_date_filter, mode=mode,
-                     collections=list(collections) if collections else None, web=web)
+                     collections=collections or None, web=web)
         with connect_sse(self._http, "POST", "/api/search", json=body) as source:
             _raise_for_status(source.response, b"" if source.response.is_success
                               else source.response.read())
@@ -291,7 +292,7 @@ class AsyncSearchClient:
                      search_recency_filter=search_recency_filter,
                      search_after_date_filter=search_after_date_filter,
                      search_before_date_filter=search_before_date_filter, mode=mode,
-                     collections=list(collections) if collections else None, web=web)
+                     collections=collections or None, web=web)
         async with aconnect_sse(self._http, "POST", "/api/search", json=body) as source:
             _raise_for_status(source.response, b"" if source.response.is_success
                               else await source.response.aread())

@@ -176,6 +176,11 @@ class Collections:
         keys = [s.key for s in sources]
         path = self._folder(collection_id) / "files" / doc_id
         with self._lock(collection_id):
+            # deleted meanwhile (a DELETE, or a failed first upload's undo): deletes take
+            # this lock too, so the check holds until the document is recorded
+            if not self.store.collection_exists(collection_id):
+                raise NotFoundError(f"Collection {collection!r} was deleted during the "
+                                    "upload; upload the file again.", param="collection")
             index = self._index(collection_id)
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)

@@ -44,7 +44,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Sequence, Set
 from dataclasses import dataclass
 
 import numpy as np
@@ -146,7 +146,7 @@ class CitedStream:
     there). :meth:`feed` returns the sentences that just ended; the caller checks each
     and passes the result to :meth:`complete`, then sends :meth:`progress`."""
 
-    def __init__(self, n_sources: int) -> None:
+    def __init__(self, n_sources: Sources) -> None:
         self._splitter = SentenceSplitter()
         self._n_sources = n_sources
         self._sent = ""  # what has gone out of the sentence being written
@@ -174,10 +174,16 @@ class CitedStream:
         return new
 
 
-def clean_citations(text: str, n_sources: int) -> str:
+# The sources a text may cite: 1..n, or exactly these numbers (a research report's
+# section was given some of the report's sources, not 1..n).
+Sources = int | Set[int]
+
+
+def clean_citations(text: str, n_sources: Sources) -> str:
     """Normalized markers; those naming no listed source are removed."""
+    allowed = range(1, n_sources + 1) if isinstance(n_sources, int) else n_sources
     return _CITATION.sub(lambda m: f"[citation:{m.group(1)}]"
-                         if 1 <= int(m.group(1)) <= n_sources else "", text)
+                         if int(m.group(1)) in allowed else "", text)
 
 
 @dataclass
@@ -206,7 +212,7 @@ class Grounder:
         return max(s for s in scores if s is not None) >= self.threshold(provider)
 
     async def check(self, sentence: str, passages: Sequence[Passage], question: str,
-                    n_sources: int) -> tuple[str, SentenceSupport]:
+                    n_sources: Sources) -> tuple[str, SentenceSupport]:
         """Check one answer sentence; return it with invalid citations removed and a
         citation added when it is supported but cited nothing, and its support record."""
         text = clean_citations(sentence, n_sources)

@@ -326,7 +326,7 @@ def _principal(ctx: Context) -> str | None:
     if principal:
         return str(principal)
     client = scope.get("client")
-    return f"addr:{client[0]}" if client else None
+    return str(client[0]) if client else None  # the HTTP faces' rate-limit key too
 
 
 def _is_user(principal: str | None) -> bool:

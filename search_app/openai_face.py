@@ -63,6 +63,7 @@ from serving.protocol import (
 __all__ = ["AnswerAgent", "CitedChatCompletion", "CitedChatCompletionChunk", "SearchResult"]
 
 MAX_QUESTION_CHARS = 2000
+MAX_COLLECTIONS = 10  # as on /api/search
 _CITATION = re.compile(r"\[citation:(\d+)\]")
 
 
@@ -160,9 +161,9 @@ class AnswerAgent:
             raise BadRequestError("mode must be 'quick' or 'research'.", param="mode")
         names, web = extra.get("collections") or [], extra.get("web", True)
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names) \
-                or not isinstance(web, bool):
-            raise BadRequestError("collections must be a list of names and web a boolean.",
-                                  param="collections")
+                or len(names) > MAX_COLLECTIONS or not isinstance(web, bool):
+            raise BadRequestError(f"collections must be a list of at most {MAX_COLLECTIONS} "
+                                  "names and web a boolean.", param="collections")
         ids = await self._collections(names, web) if self._collections is not None else []
         pipeline = self._pipeline()
         if self._limit is not None:

@@ -58,7 +58,7 @@ from search_app.events import (
     TimingsEvent,
     Usage,
 )
-from search_app.grounding import CitedStream, Grounder, clean_citations
+from search_app.grounding import CitedStream, Grounder, Sources, clean_citations
 from search_app.metrics import AnswerMetrics
 from search_app.related import parse_candidates, pick_related
 from search_app.store import AnswerRecord, Store
@@ -182,9 +182,7 @@ class AnswerPipeline:
         try:
             own = await self._search_collections(req, search_query)
         except Exception as exc:  # the user asked for them: say so rather than ignore it
-            log.exception("searching collections failed")
-            yield ErrorEvent(code="search_failed", message="Searching your documents "
-                             f"failed ({type(exc).__name__}: {str(exc)[:200]}).")
+            yield _collections_failed(exc)
             return
         chain = self.chains[req.provider or self.default_provider]
         try:
@@ -305,7 +303,7 @@ class AnswerPipeline:
                         stopped_unsupported=written.stopped)
 
     async def _write(self, engine: Engine, request: GenerationRequest,
-                     packed: list[Passage], question: str, n_sources: int,
+                     packed: list[Passage], question: str, n_sources: Sources,
                      out: _Written, on_sentence: Callable[[], None]
                      ) -> AsyncIterator[DeltaEvent | StageEvent]:
         """Generate the answer and send what the grounding policy lets through.
@@ -464,6 +462,13 @@ def _model_error(exc: _FirstTokenTimeout | ServingError, opts: PipelineOptions) 
         return ErrorEvent(code=engine_error_code(exc), message=exc.message)
     return ErrorEvent(code="model_timeout", message=f"The model sent nothing within "
                       f"{opts.first_token_timeout_s:g} s; try again later.")
+
+
+def _collections_failed(exc: Exception) -> ErrorEvent:
+    """The error that ends an answer whose named collections could not be searched."""
+    log.exception("searching collections failed")
+    return ErrorEvent(code="search_failed", message="Searching your documents failed "
+                      f"({type(exc).__name__}: {str(exc)[:200]}).")
 
 
 def _busy(engine: Engine) -> str | None:

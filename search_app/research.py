@@ -63,6 +63,7 @@ from search_app.pipeline import (  # the quick flow's parts, shared
     PipelineOptions,
     _as_document,
     _busy,
+    _collections_failed,
     _FirstTokenTimeout,
     _model_error,
     _ms,
@@ -76,7 +77,10 @@ from search_app.related import pick_related
 from serving.engines.base import Engine, GenerationRequest, SamplingOptions
 from serving.errors import ServingError
 
-__all__ = ["PLAN_SCHEMA", "parse_plan", "plan_schema", "research", "split_question"]
+__all__ = ["parse_plan", "plan_schema", "research", "split_question"]
+
+FINDING_CHARS = 400   # of one section's text, told to the conclusion
+FINDING_TOKENS = 110  # what one finding may cost in the conclusion's prompt
 
 log = logging.getLogger(__name__)
 
@@ -112,9 +116,6 @@ def plan_schema(steps: int) -> dict[str, object]:
         "required": ["sub_questions"],
         "additionalProperties": False,
     }
-
-
-PLAN_SCHEMA = plan_schema(4)
 
 
 def parse_plan(text: str, question: str, steps: int) -> list[str]:
@@ -220,9 +221,7 @@ async def research(pipeline: AnswerPipeline, req: AnswerRequest
     try:  # uploaded collections the request names (search_app/collections.py), per query
         own = await asyncio.gather(*(pipeline._search_collections(req, q) for q in queries))
     except Exception as exc:  # the user asked for them: say so rather than ignore it
-        log.exception("searching collections failed")
-        yield ErrorEvent(code="search_failed", message="Searching your documents failed "
-                         f"({type(exc).__name__}: {str(exc)[:200]}).")
+        yield _collections_failed(exc)
         return
     chains = [f for f in found if isinstance(f, ChainResult)]
     for query, f in zip(queries, found, strict=True):
@@ -248,7 +247,8 @@ async def research(pipeline: AnswerPipeline, req: AnswerRequest
     docs: list[Document] = [_as_document(r) for r in results]
     if web and req.read_pages and pipeline.reader is not None:
         yield StageEvent(stage="read", detail=f"{len(web)} pages")
-        read = {d.url: d for d in await pipeline.reader.read(web)}
+        read = {d.url: d for d in await pipeline.reader.read(
+            web, max_pages=opts.research_pages)}
         docs = [read.get(r.url) or _as_document(r) for r in results]
         slow = sum(read[u].status != "ok" for u in read)
         if slow:
@@ -279,13 +279,18 @@ async def research(pipeline: AnswerPipeline, req: AnswerRequest
     sections: list[_Section] = []
     numbers: dict[int, int] = {}  # document number (1-based in docs) -> source number
     section_opts = replace(opts, answer_max_tokens=opts.research_section_tokens)
+    # the conclusion's prompt also carries the findings (at most FINDING_CHARS each)
+    conclusion_opts = replace(section_opts, template_overhead=opts.template_overhead
+                              + FINDING_TOKENS * len(steps) + 16)
     try:
         for heading, question, passages in zip(
                 [*steps, "Conclusion"], [*steps, req.query], ranked, strict=True):
             packed: list[Passage] = []
             if relevant and passages:
                 sub = AnswerRequest(query=question, thread_id=req.thread_id)
-                local, _, _, origin = await _pack(engine, sub, passages, section_opts)
+                local, _, _, origin = await _pack(
+                    engine, sub, passages,
+                    conclusion_opts if heading == "Conclusion" else section_opts)
                 for p in local:
                     document = origin[p.source_id]
                     number = numbers.setdefault(document, len(numbers) + 1)
@@ -326,8 +331,9 @@ async def research(pipeline: AnswerPipeline, req: AnswerRequest
             if section.passages:
                 notes = "\n".join(f"- {f}" for f in findings) if n == len(sections) else ""
                 request = _section_request(req, section, notes, opts, n)
+                own = {p.source_id for p in section.passages}  # cite only what it saw
                 async with contextlib.aclosing(pipeline._write(
-                        engine, request, section.passages, section.question, len(sources),
+                        engine, request, section.passages, section.question, own,
                         written, lambda: None)) as deltas:
                     async for delta in deltas:
                         yield delta
@@ -340,7 +346,7 @@ async def research(pipeline: AnswerPipeline, req: AnswerRequest
                 stopped = stopped or written.stopped
                 support += written.support
             if written.text.strip():
-                findings.append(f"{section.heading} {_plain(written.text)}"[:400])
+                findings.append(f"{section.heading} {_plain(written.text)}"[:FINDING_CHARS])
             else:
                 written.text = prompts.RESEARCH_GAP_TEXT
                 yield DeltaEvent(text=written.text)

@@ -310,6 +310,11 @@ class Store:
                             (owner, name)).fetchone()
         return None if row is None else str(row[0])
 
+    def collection_exists(self, collection_id: str) -> bool:
+        with self._session():
+            return self._run("SELECT 1 FROM collections WHERE id=?",
+                             (collection_id,)).fetchone() is not None
+
     def collections(self, owner: str) -> list[dict[str, Any]]:
         """``owner``'s collections by name, with document counts."""
         with self._session():

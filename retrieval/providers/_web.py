@@ -298,7 +298,8 @@ def _with_sites(query: str, filters: SearchFilters) -> str:
 
 def _covering_recency(filters: SearchFilters, offered: tuple[str, ...]) -> str | None:
     """The provider's relative range for a recency filter; "hour" asks for "day" (the
-    smallest it has; the chain drops what is older)."""
+    smallest it has). Dates are days, so the chain's own check cannot tell an hour from
+    a day: it drops what is dated before the start day, and results without a date."""
     recency = filters.only_recency
     if recency is None:
         return None

@@ -13,7 +13,7 @@ from urllib.parse import quote, urlsplit
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import FileResponse
 
-from search_app.collections import UPLOAD_PATH
+from search_app.collections import UPLOAD_PATH, NotFoundError
 from search_app.deps import CollectionsDep, OwnerDep, SettingsDep
 from serving.errors import PayloadTooLargeError, PermissionDeniedError
 from serving.protocol import ErrorResponse
@@ -76,6 +76,9 @@ async def download(document_id: str, collections: CollectionsDep, owner: OwnerDe
                    ) -> FileResponse:
     """The original file, as a download or inline (PDF, text), never as a web page."""
     record, path = await collections.document(owner, document_id)
+    if not path.is_file():  # the record is shared; the file lives where it was uploaded
+        raise NotFoundError(f"The file of document {document_id!r} is not on this server "
+                            "(uploaded to another replica, or removed).", param="id")
     media_type, disposition = _SEND_AS.get(record["kind"], ("application/octet-stream",
                                                             "attachment"))
     name = record["filename"]

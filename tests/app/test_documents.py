@@ -289,3 +289,23 @@ async def test_the_answer_model_asks_with_collections(tmp_path: Path) -> None:
         alone = await c.post("/v1/chat/completions", json={**body, "collections": []})
         assert alone.status_code == 400
         assert alone.json()["error"]["param"] == "collections"
+
+
+async def test_a_file_missing_here_is_a_404_and_a_deleted_collection_takes_no_upload(
+        tmp_path: Path) -> None:
+    from search_app.collections import NotFoundError
+
+    app, store, collections = _app(tmp_path)
+    doc = await collections.add("app", "reports", "rivers.pdf", pdf_file(PAGES))
+    for path in _files(tmp_path):  # as on a replica that did not take the upload
+        path.unlink()
+    async with _client(app) as c:
+        missing = await c.get(f"/api/documents/{doc['id']}")
+    assert missing.status_code == 404 and "not on this server" in missing.text
+    collection_id = store.collection("app", "reports")
+    assert collection_id is not None
+    collections._drop(collection_id)  # deleted while an upload was on its way
+    with pytest.raises(NotFoundError):
+        collections._add(collection_id, "reports", "more.txt", "text", b"more",
+                         [])
+    assert not (tmp_path / "collections" / collection_id).exists()

@@ -168,3 +168,18 @@ def test_native_api_and_answer_model_take_research_mode(tmp_path: Path) -> None:
             "model": "search-app", "mode": "deep",
             "messages": [{"role": "user", "content": QUESTION}]})
         assert wrong.status_code == 400 and wrong.json()["error"]["param"] == "mode"
+
+
+async def test_a_section_cites_only_the_sources_it_was_given() -> None:
+    import re
+
+    engine = Planner()  # its answer cites [citation:1] and [citation:7] in every section
+    events = await run(engine, options=PipelineOptions(grounding="mark"))
+    text = "".join(e.text for e in events if isinstance(e, DeltaEvent))
+    sections = re.split(r"^## .*$", text, flags=re.MULTILINE)[1:]
+    prompts = [str(r.messages[0]["content"]) for r in engine.requests[1:1 + len(sections)]]
+    assert len(sections) == len(prompts) == 3
+    for body, prompt in zip(sections, prompts, strict=True):
+        given = {int(n) for n in re.findall(r"\[\[citation:(\d+)\]\]", prompt)}
+        cited = {int(n) for n in re.findall(r"\[citation:(\d+)\]", body)}
+        assert cited <= given, (cited, given)
