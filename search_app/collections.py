@@ -48,7 +48,13 @@ from retrieval.uploads import (
     sniff_upload,
 )
 from search_app.store import Store
-from serving.errors import BadRequestError, PayloadTooLargeError, ServingError
+from serving.errors import (
+    BadRequestError,
+    NotFoundError,
+    PayloadTooLargeError,
+    ServingError,
+    UnsupportedMediaError,
+)
 
 __all__ = ["APP_OWNER", "COLLECTION_PROVIDER", "UPLOAD_PATH", "Collections", "CollectionLimits",
            "NotFoundError", "UnsupportedMediaError", "document_url", "valid_name"]
@@ -60,18 +66,6 @@ UPLOAD_PATH = "/api/documents"    # POST: its body may be as large as the upload
 COLLECTION_PROVIDER = "collection"  # SearchResult.provider of uploaded documents
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,63}$")
 _MAX_FILENAME = 200
-
-
-class NotFoundError(ServingError):
-    """A collection or document that does not exist, or is somebody else's."""
-
-    status_code = 404
-    error_type = "not_found_error"
-
-
-class UnsupportedMediaError(ServingError):
-    status_code = 415
-    error_type = "invalid_request_error"
 
 
 @dataclass(frozen=True)

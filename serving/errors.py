@@ -10,7 +10,9 @@ engines must not know about HTTP. Engines raise these exceptions; the API maps t
     ├── AuthenticationError           401 authentication_error
     ├── PermissionDeniedError         403 permission_error (e.g. a missing CSRF token)
     ├── ModelNotFoundError            404 not_found_error  (param "model")
+    ├── NotFoundError                 404 not_found_error  (a collection, a document)
     ├── PayloadTooLargeError          413 invalid_request_error
+    ├── UnsupportedMediaError         415 invalid_request_error (an upload's type)
     ├── OverloadedError               429 rate_limit_error
     ├── EngineError                   500 internal_error
     ├── UpstreamError                 upstream status, mapped
@@ -32,7 +34,9 @@ __all__ = [
     "AuthenticationError",
     "PermissionDeniedError",
     "ModelNotFoundError",
+    "NotFoundError",
     "PayloadTooLargeError",
+    "UnsupportedMediaError",
     "OverloadedError",
     "EngineError",
     "EngineNotReadyError",
@@ -105,8 +109,21 @@ class ModelNotFoundError(ServingError):
         )
 
 
+class NotFoundError(ServingError):
+    """Something the caller named that does not exist, or is somebody else's (the same
+    answer: nothing tells them apart)."""
+
+    status_code = 404
+    error_type = "not_found_error"
+
+
 class PayloadTooLargeError(ServingError):
     status_code = 413
+    error_type = "invalid_request_error"
+
+
+class UnsupportedMediaError(ServingError):
+    status_code = 415
     error_type = "invalid_request_error"
 
 
@@ -192,6 +209,7 @@ _WIRE_EXTRA = ("prompt_tokens", "context_length")
 _WIRE_CLASSES: dict[str, type[ServingError]] = {
     cls.__name__: cls for cls in (
         ServingError, BadRequestError, ContextLengthError, AuthenticationError,
-        PermissionDeniedError, ModelNotFoundError, PayloadTooLargeError, OverloadedError,
-        EngineError, EngineNotReadyError, EngineCrashedError, UpstreamError)
+        PermissionDeniedError, ModelNotFoundError, NotFoundError, PayloadTooLargeError,
+        UnsupportedMediaError, OverloadedError, EngineError, EngineNotReadyError,
+        EngineCrashedError, UpstreamError)
 }

@@ -13,9 +13,9 @@ from urllib.parse import quote, urlsplit
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import FileResponse
 
-from search_app.collections import UPLOAD_PATH, NotFoundError
+from search_app.collections import UPLOAD_PATH
 from search_app.deps import CollectionsDep, OwnerDep, SettingsDep
-from serving.errors import PayloadTooLargeError, PermissionDeniedError
+from serving.errors import NotFoundError, PayloadTooLargeError, PermissionDeniedError
 from serving.protocol import ErrorResponse
 
 __all__ = ["router"]
