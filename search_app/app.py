@@ -54,6 +54,7 @@ from search_app.ratelimit import (
     StreamCounter,
     Streams,
     TokenBuckets,
+    answer_slot,
     check,
     client_key,
     redis_client,
@@ -92,9 +93,9 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.answer_metrics = metrics
     limiter, streams, login_limiter = _limits(app, settings)
 
-    async def limit(key: str | None = None) -> None:  # key: MCP's caller (the principal)
+    async def limit() -> None:
         try:
-            await check(limiter, key or client_key.get())
+            await check(limiter, client_key.get())
         except RateLimitedError:
             metrics.rate_limited.inc()
             raise
@@ -123,7 +124,8 @@ def create_app(settings: Settings) -> FastAPI:
                 # uploads: the file's cap plus room for the multipart framing
                 body_limits={UPLOAD_PATH: settings.upload_max_bytes + 64 * 1024})
     app.include_router(routes.router)
-    mount_mcp(app, settings, limit=limit)  # /mcp: MCP over streamable HTTP
+    mount_mcp(app, settings, slot=lambda key: answer_slot(  # /mcp: streamable HTTP
+        limiter, streams, key, on_limited=metrics.rate_limited.inc))
     return app
 
 

@@ -71,8 +71,9 @@ _CITATION = re.compile(r"\[citation:(\d+)\]")
 
 # A services getter: what the tools run on, or ToolError("...loading...").
 ServicesGetter = Callable[[], Awaitable[AnswerServices]]
-# Takes one answer's worth of the caller's rate, or raises RateLimitedError.
-Limiter = Callable[[str], Awaitable[None]]
+# Holds one answer of the caller's (a place under the cap of answers in progress and a
+# token of its rate) while it runs, or raises RateLimitedError on entry.
+Slot = Callable[[str], contextlib.AbstractAsyncContextManager[None]]
 
 # No minLength in the schemas: an empty query gets _clean's message, not pydantic's.
 Query = Annotated[str, Field(max_length=MAX_QUERY_CHARS,
@@ -132,7 +133,7 @@ class CollectionList(BaseModel):
 
 # --- the server ---------------------------------------------------------------------
 
-def build_server(services: ServicesGetter, *, limit: Limiter | None = None,
+def build_server(services: ServicesGetter, *, slot: Slot | None = None,
                  lifespan: Callable[[MCPServer], contextlib.AbstractAsyncContextManager[None]]
                  | None = None) -> MCPServer:
     """The MCP server and its two tools, over whatever ``services`` returns."""
@@ -187,15 +188,16 @@ def build_server(services: ServicesGetter, *, limit: Limiter | None = None,
         pipeline = found.pipeline
         principal = _principal(ctx)
         ids = await _collection_ids(found, principal, collections or [], web)
-        if limit is not None:
-            try:
-                await limit(principal or "mcp")
-            except RateLimitedError as exc:
-                raise ToolError(f"Rate limited: {exc.message}") from None
         request = AnswerRequest(query=question, sources=sources, related=related,
                                 client_id=principal if _is_user(principal) else None,
                                 filters=filters, mode=mode, collections=ids, web=web)
-        result = await _answer(pipeline.run(request), ctx)
+        async with contextlib.AsyncExitStack() as held:
+            if slot is not None:  # counted as an answer on /api/search is
+                try:
+                    await held.enter_async_context(slot(principal or "mcp"))
+                except RateLimitedError as exc:
+                    raise ToolError(f"Rate limited: {exc.message}") from None
+            result = await _answer(pipeline.run(request), ctx)
         return CallToolResult(content=[TextContent(type="text", text=_as_text(result))],
                               structured_content=result.model_dump(mode="json"))
 
@@ -336,7 +338,7 @@ def _is_user(principal: str | None) -> bool:
 
 # --- streamable HTTP inside the app ---------------------------------------------------
 
-def mount(app: FastAPI, settings: Settings, *, limit: Limiter | None = None) -> None:
+def mount(app: FastAPI, settings: Settings, *, slot: Slot | None = None) -> None:
     """Serve MCP at ``/mcp`` on ``app``; its sessions run in :func:`lifespan_with_mcp`.
 
     Added as a route of the app itself (not a sub-app), so the app's middleware (the
@@ -351,7 +353,7 @@ def mount(app: FastAPI, settings: Settings, *, limit: Limiter | None = None) -> 
             raise ToolError(exc.message) from None
 
     locked = bool(settings.api_keys) or settings.multi_user
-    server = build_server(services, limit=limit)
+    server = build_server(services, slot=slot)
     http = server.streamable_http_app(
         streamable_http_path=MCP_PATH, stateless_http=True, host=settings.host,
         transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False)

@@ -22,12 +22,13 @@ logged: a limiter outage must not take the app down with it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextvars import ContextVar
 from typing import Any, Protocol
 
@@ -37,8 +38,8 @@ from serving.api import error_response
 from serving.errors import OverloadedError
 
 __all__ = ["RateLimitedError", "RateLimiter", "RateLimitMiddleware", "RedisRateLimiter",
-           "RedisStreamCounter", "StreamCounter", "Streams", "TokenBuckets", "check",
-           "client_key", "redis_client"]
+           "RedisStreamCounter", "StreamCounter", "Streams", "TokenBuckets", "answer_slot",
+           "check", "client_key", "redis_client", "refuse"]
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,38 @@ async def check(buckets: TokenBuckets, key: str) -> None:
     wait = await buckets.take(key)
     if wait > 0:
         raise RateLimitedError(wait)
+
+
+async def refuse(limiter: TokenBuckets, streams: Streams, key: str, stream_id: str
+                 ) -> RateLimitedError | None:
+    """Open one answer for ``key`` (a place under the cap of answers in progress, then a
+    token), or say why not; a refused answer holds nothing."""
+    if not await streams.open(key, stream_id):
+        return RateLimitedError(5, f"This client already has {streams.cap} answers in "
+                                   "progress; retry when one finishes.")
+    wait = await limiter.take(key)
+    if wait > 0:
+        await streams.close(key, stream_id)
+        return RateLimitedError(wait)
+    return None
+
+
+@contextlib.asynccontextmanager
+async def answer_slot(limiter: TokenBuckets, streams: Streams, key: str,
+                      on_limited: Callable[[], None] | None = None) -> AsyncIterator[None]:
+    """One answer outside the HTTP middleware (MCP's ``ask``), held while it runs and
+    counted exactly as :class:`RateLimitMiddleware` counts one; raises
+    :class:`RateLimitedError` when refused."""
+    stream_id = uuid.uuid4().hex
+    refused = await refuse(limiter, streams, key, stream_id)
+    if refused is not None:
+        if on_limited is not None:
+            on_limited()
+        raise refused
+    try:
+        yield
+    finally:
+        await streams.close(key, stream_id)
 
 
 # --- in memory ---------------------------------------------------------------------------
@@ -255,16 +288,6 @@ class RateLimitMiddleware:
         self.paths = frozenset(paths)
         self.on_limited = on_limited
 
-    async def _refuse(self, key: str, stream_id: str) -> RateLimitedError | None:
-        if not await self.streams.open(key, stream_id):
-            return RateLimitedError(5, f"This client already has {self.streams.cap} "
-                                       "answers in progress; retry when one finishes.")
-        wait = await self.limiter.take(key)
-        if wait > 0:
-            await self.streams.close(key, stream_id)
-            return RateLimitedError(wait)
-        return None
-
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
@@ -277,7 +300,7 @@ class RateLimitMiddleware:
                 await self.app(scope, receive, send)
                 return
             stream_id = uuid.uuid4().hex
-            refused = await self._refuse(key, stream_id)
+            refused = await refuse(self.limiter, self.streams, key, stream_id)
             if refused is not None:
                 if self.on_limited is not None:
                     self.on_limited()

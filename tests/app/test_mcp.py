@@ -156,3 +156,19 @@ async def test_collections_list_and_ask_with_them(tmp_path: Path) -> None:
         assert unknown.is_error and "nope" in unknown.content[0].text
         alone = await client.call_tool("ask", {"query": DOC_QUESTION, "web": False})
         assert alone.is_error and "collection" in alone.content[0].text
+
+
+async def test_ask_holds_a_place_under_the_cap_of_answers_in_progress(tmp_path: Path
+                                                                      ) -> None:
+    import asyncio
+
+    app, _ = make_app(tmp_path, ScriptedEngine(delay_s=0.05),
+                      settings={"max_streams_per_client": 1})
+    async with Client(app.state.mcp) as client:
+        first = asyncio.ensure_future(client.call_tool("ask", {"query": QUESTION}))
+        await asyncio.sleep(0.2)  # the first is writing its answer
+        second = await client.call_tool("ask", {"query": QUESTION})
+        assert second.is_error and "answers in progress" in second.content[0].text
+        assert not (await first).is_error
+        third = await client.call_tool("ask", {"query": QUESTION})  # the place was freed
+        assert not third.is_error, third.content
