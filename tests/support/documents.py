@@ -6,7 +6,7 @@ from __future__ import annotations
 import io
 import zipfile
 
-__all__ = ["docx_bomb", "docx_file", "encrypted_pdf", "pdf_file", "scanned_pdf"]
+__all__ = ["assemble_pdf", "docx_bomb", "docx_file", "encrypted_pdf", "pdf_file", "scanned_pdf"]
 
 
 def pdf_file(pages: list[str], title: str = "Report") -> bytes:
@@ -27,6 +27,12 @@ def pdf_file(pages: list[str], title: str = "Report") -> bytes:
         objects.append(b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream")
     objects.append(b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>")
     objects.append(b"<< /Title (%s) >>" % title.encode("latin-1"))
+    return assemble_pdf(objects)
+
+
+def assemble_pdf(objects: list[bytes]) -> bytes:
+    """A PDF file of ``objects`` (numbered from 1: the catalog first, the document
+    information last), with a correct cross-reference table."""
     out = bytearray(b"%PDF-1.4\n")
     offsets = []
     for number, obj in enumerate(objects, start=1):

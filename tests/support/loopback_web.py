@@ -32,6 +32,8 @@ from starlette.responses import (
 )
 from starlette.routing import Route
 
+from tests.support.documents import assemble_pdf
+
 __all__ = ["API_KEY", "LoopbackWeb", "make_app", "minimal_pdf", "serve_loopback_web"]
 
 API_KEY = "test-key"
@@ -95,17 +97,7 @@ def minimal_pdf(text: str) -> bytes:
         b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
         b"<< /Title (Riverton flood report) /CreationDate (D:20240305093000Z) >>",
     ]
-    out = bytearray(b"%PDF-1.4\n")
-    offsets = []
-    for number, obj in enumerate(objects, start=1):
-        offsets.append(len(out))
-        out += b"%d 0 obj\n" % number + obj + b"\nendobj\n"
-    xref = len(out)
-    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
-    out += b"".join(b"%010d 00000 n \n" % o for o in offsets)
-    out += b"trailer\n<< /Size %d /Root 1 0 R /Info 6 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (
-        len(objects) + 1, xref)
-    return bytes(out)
+    return assemble_pdf(objects)
 
 
 _CACHE: dict[str, bytes] = {}
