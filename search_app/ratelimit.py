@@ -32,7 +32,7 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from contextvars import ContextVar
 from typing import Any, Protocol
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving.api import error_response
 from serving.errors import OverloadedError
@@ -308,9 +308,26 @@ class RateLimitMiddleware:
                     "Retry-After": str(refused.retry_after)})
                 await response(scope, receive, send)
                 return
+            closed = False
+
+            async def close() -> None:
+                nonlocal closed
+                if not closed:
+                    closed = True
+                    await self.streams.close(key, stream_id)
+
+            async def send_then_free(message: Message) -> None:
+                # Free the place before the response's last byte goes out: a client that
+                # starts its next answer the moment this one ends (an eval run at the
+                # cap) must not find it still held by work after the end (SSE cleanup).
+                if message["type"] == "http.response.body" and not message.get(
+                        "more_body", False):
+                    await close()
+                await send(message)
+
             try:  # the whole response, streaming included
-                await self.app(scope, receive, send)
+                await self.app(scope, receive, send_then_free)
             finally:
-                await self.streams.close(key, stream_id)
+                await close()
         finally:
             client_key.reset(token)

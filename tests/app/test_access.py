@@ -249,3 +249,34 @@ async def test_concurrent_stream_cap() -> None:
     assert [r.status_code for r in await asyncio.gather(*held, other)] == [200, 200, 200]
     assert (await post("10.0.0.1")).status_code == 200  # freed when they finished
 
+
+
+async def test_a_place_is_free_before_the_answer_ends() -> None:
+    """A client at the cap that starts its next answer the moment one ends must get it:
+    the place is freed before the last byte goes out, not after the work that follows
+    it (an eval run at --concurrency equal to the cap once got two 429s)."""
+    streams = StreamCounter(1)
+    held_at_end: list[int] = []
+
+    async def app_with_cleanup(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"data: 1\n\n", "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+        await asyncio.sleep(0.05)  # e.g. saving the thread after the stream ended
+
+    async def client_send(message: Any) -> None:
+        if message["type"] == "http.response.body" and not message.get("more_body"):
+            held_at_end.append(sum(streams._open.values()))
+
+    async def receive() -> Any:
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    app = RateLimitMiddleware(app_with_cleanup, RateLimiter(0, 1), paths=["/api/search"],
+                              streams=streams)
+    scope = {"type": "http", "method": "POST", "path": "/api/search",
+             "client": ("10.0.0.1", 1), "headers": []}
+    await app(scope, receive, client_send)
+    assert held_at_end == [0]
+    assert streams._open == {}  # and freed once, not twice
+    await app(scope, receive, client_send)
+    assert held_at_end == [0, 0] and streams._open == {}
