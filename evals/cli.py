@@ -41,6 +41,22 @@ _root = click.option("--root", type=click.Path(path_type=Path), default=DEFAULT_
                      help="Where .debs, corpora, downloaded datasets and runs live.")
 
 
+def _support_options(command: Any) -> Any:
+    """--support and the judge's --judge-url/--judge-model/--judge-api-key."""
+    for option in reversed([
+        click.option("--support", type=click.Choice(["embedding", "judge", "none"]),
+                     default="embedding", show_default=True,
+                     help="Support check of the citation metrics (judge needs "
+                          "--judge-url)."),
+        click.option("--judge-url", envvar="SEARCH_APP_EVAL_JUDGE_URL",
+                     help="OpenAI-compatible base URL (…/v1) of the judge model."),
+        click.option("--judge-model", envvar="SEARCH_APP_EVAL_JUDGE_MODEL",
+                     help="Its model id."),
+        click.option("--judge-api-key", envvar="SEARCH_APP_EVAL_JUDGE_API_KEY")]):
+        command = option(command)
+    return command
+
+
 @click.group("eval")
 def eval_group() -> None:
     """Evaluation harness: measure retrieval, answers, citations, abstention, latency."""
@@ -119,13 +135,7 @@ def corpus_command(packages: str, strip_questions: bool, pages: str | None, serv
               help="No model: score the local index's own top 10 per question (in this "
               "process over the docs corpus, or GET /searxng/search of --base-url). For "
               "large question sets.")
-@click.option("--support", type=click.Choice(["embedding", "judge", "none"]),
-              default="embedding", show_default=True,
-              help="Support check of the citation metrics (judge needs --judge-url).")
-@click.option("--judge-url", envvar="SEARCH_APP_EVAL_JUDGE_URL",
-              help="OpenAI-compatible base URL (…/v1) of the judge model.")
-@click.option("--judge-model", envvar="SEARCH_APP_EVAL_JUDGE_MODEL", help="Its model id.")
-@click.option("--judge-api-key", envvar="SEARCH_APP_EVAL_JUDGE_API_KEY")
+@_support_options
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @_root
 def run_command(dataset: str, limit: int | None, concurrency: int, base_url: str | None,
@@ -145,8 +155,7 @@ def run_command(dataset: str, limit: int | None, concurrency: int, base_url: str
         raise _fail(str(exc)) from None
     if limit:
         questions = questions[:limit]
-    if (support == "judge" or judge_model) and not (judge_url and judge_model):
-        raise _fail("the judge needs both --judge-url and --judge-model")
+    _judge_complete(support, judge_url, judge_model)
     label = dataset_label(dataset)
     run_id = run_id or f"{label}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
     if not re.fullmatch(r"[\w.@+-]+", run_id):
@@ -166,11 +175,6 @@ def run_command(dataset: str, limit: int | None, concurrency: int, base_url: str
         _reachable(f"{base_url.rstrip('/')}/health", "the app")
         base_url = base_url.rstrip("/")
     judge_client, scorer = _scorer(support, judge_url, judge_model, judge_api_key, related)
-    if judge_client is not None:
-        try:
-            judge_client.check()
-        except httpx.HTTPError as exc:
-            raise _fail(f"the judge at {judge_url} does not answer: {exc}") from None
     config = RunConfig(run_id=run_id, dataset=dataset, questions=len(questions),
                        base_url=base_url, started_app=base_url is None,
                        corpus=names if base_url is None else [],
@@ -220,11 +224,23 @@ def run_command(dataset: str, limit: int | None, concurrency: int, base_url: str
         raise _fail(f"every question failed: {summary['errors']}")
 
 
+def _why(exc: httpx.HTTPError) -> str:
+    """One line: httpx's status errors add a second line (a link to MDN)."""
+    if isinstance(exc, httpx.HTTPStatusError):
+        return f"HTTP {exc.response.status_code} {exc.response.reason_phrase}"
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
 def _reachable(url: str, what: str) -> None:
     try:
         httpx.get(url, timeout=10).raise_for_status()
     except httpx.HTTPError as exc:
-        raise _fail(f"{what} at {url} does not answer: {exc}") from None
+        raise _fail(f"{what} at {url} does not answer: {_why(exc)}") from None
+
+
+def _judge_complete(support: str, judge_url: str | None, judge_model: str | None) -> None:
+    if (support == "judge" or judge_model) and not (judge_url and judge_model):
+        raise _fail("the judge needs both --judge-url and --judge-model")
 
 
 def _scorer(support: str, judge_url: str | None, judge_model: str | None,
@@ -234,6 +250,11 @@ def _scorer(support: str, judge_url: str | None, judge_model: str | None,
 
     client = (JudgeClient(judge_url, judge_model, judge_api_key)
               if judge_url and judge_model else None)
+    if client is not None:
+        try:
+            client.check()
+        except httpx.HTTPError as exc:
+            raise _fail(f"the judge at {judge_url} does not answer: {_why(exc)}") from None
     check: Any = None
     if support == "embedding":
         check = EmbeddingSupport()
@@ -354,13 +375,13 @@ def coverage_command(dataset: str, index: Path, out: Path | None, min_share: flo
 @eval_group.command("rescore")
 @click.argument("run")
 @click.option("--dataset", help="The questions (default: the run's own dataset).")
-@click.option("--support", type=click.Choice(["embedding", "none"]), default="embedding",
-              show_default=True, help="Support check of the citation metrics.")
+@_support_options
 @_root
-def rescore_command(run: str, dataset: str | None, support: str, root: Path) -> None:
+def rescore_command(run: str, dataset: str | None, support: str, judge_url: str | None,
+                    judge_model: str | None, judge_api_key: str | None, root: Path) -> None:
     """Recompute a run's per-question metrics from its stored answers (after a metric or
-    a dataset's mapping changed), then rewrite its report. Asks no app; the judge's
-    grades are kept."""
+    a dataset's mapping changed, or with another support check: ``--support judge``),
+    then rewrite its report. Asks no app; the answers' grades are kept."""
     from evals.report import markdown, write_report
     from evals.runner import read_config, read_results, write_config
 
@@ -370,7 +391,9 @@ def rescore_command(run: str, dataset: str | None, support: str, root: Path) -> 
         questions = {q.id: q for q in load_dataset(dataset or config.dataset, root)}
     except (DatasetError, CorpusError) as exc:
         raise _fail(str(exc)) from None
-    _, scorer = _scorer(support, None, None, None, config.related)
+    _judge_complete(support, judge_url, judge_model)
+    client, scorer = _scorer(support, judge_url, judge_model, judge_api_key, config.related)
+    scorer.judge = None  # grade answers again only in a new run: keep the stored grades
     results = read_results(run_dir / "results.jsonl")
     missing = [r.id for r in results if r.id not in questions]
     if missing:
@@ -379,6 +402,8 @@ def rescore_command(run: str, dataset: str | None, support: str, root: Path) -> 
     for result in results:
         scorer.score(questions[result.id], result)
     config.support_check = scorer.support.name if scorer.support else "none"
+    if client is not None:
+        client.close()
     path = run_dir / "results.jsonl"
     temporary = path.with_suffix(".jsonl.tmp")
     temporary.write_text("".join(r.model_dump_json() + "\n" for r in results),
@@ -386,6 +411,29 @@ def rescore_command(run: str, dataset: str | None, support: str, root: Path) -> 
     temporary.replace(path)
     write_config(run_dir, config)
     click.echo(markdown(write_report(run_dir)))
+
+
+@eval_group.command("agreement")
+@click.argument("runs", nargs=-1, required=True)
+@_root
+def agreement_command(runs: tuple[str, ...], root: Path) -> None:
+    """The app's own support check against the run's judge, sentence by sentence (runs
+    made with --support judge; a mark run has both verdicts for every sentence). Several
+    runs are added up."""
+    from evals.agreement import agreement, agreement_markdown, pooled
+    from evals.runner import read_config, read_results
+
+    found = []
+    for run in runs:
+        results = read_results(_run_dir(root, run) / "results.jsonl")
+        if not any(r.judged for r in results):
+            raise _fail(f"{run} has no per-sentence verdicts: run it with --support "
+                        "(judge) on this version of the harness, or rescore it")
+        threshold = next((r.app_support_threshold for r in results
+                          if r.app_support_threshold is not None), None)
+        found.append(agreement(results, threshold))
+    judge = read_config(_run_dir(root, runs[0])).support_check
+    click.echo(agreement_markdown(" + ".join(runs), pooled(found), judge))
 
 
 @eval_group.command("report")

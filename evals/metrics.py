@@ -189,7 +189,8 @@ Supports = Callable[[Sequence[str], str], bool]
 
 
 def alce_citations(sentences: Sequence[tuple[str, Sequence[int]]],
-                   passages: dict[int, str], supports: Supports
+                   passages: dict[int, str], supports: Supports,
+                   verdicts: list[dict[str, object]] | None = None
                    ) -> dict[str, float | int | None]:
     """ALCE citation recall and precision (Gao et al. 2023, their ``compute_autoais``).
 
@@ -204,6 +205,10 @@ def alce_citations(sentences: Sequence[tuple[str, Sequence[int]]],
       citation is irrelevant when it alone does not support the sentence *and* the other
       citations still do without it; every citation of an unsupported sentence is
       irrelevant.
+
+    ``verdicts``, when given, receives one entry per sentence (its text, citations, and
+    whether it was supported by its citations and at all), so a run keeps what the
+    check said of each sentence, not only the means.
     """
     supported_sentences = relevant = total = backed = 0
     for sentence, cited in sentences:
@@ -213,8 +218,12 @@ def alce_citations(sentences: Sequence[tuple[str, Sequence[int]]],
         supported_sentences += joint
         # Supported at all (by its citations, or by any passage when it cites none):
         # the reader's question "is this true to the sources?", citations aside.
-        backed += joint or (not refs and bool(passages)
-                            and supports(list(passages.values()), sentence))
+        backed_here = joint or (not refs and bool(passages)
+                                and supports(list(passages.values()), sentence))
+        backed += backed_here
+        if verdicts is not None:
+            verdicts.append({"sentence": sentence, "cited": list(refs),
+                             "cited_support": joint, "supported": backed_here})
         if joint and len(refs) > 1:
             for n in refs:
                 if supports([passages[n]], sentence):

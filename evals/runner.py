@@ -85,6 +85,12 @@ class QuestionResult(BaseModel):
     grade: str | None = None
     related: list[str] = Field(default_factory=list)
     withheld: int = 0  # sentences the strict grounding policy left out
+    # The app's own check of each sentence (its support event: sentence, supported,
+    # score, withheld) and the run's support check of each emitted sentence (judged),
+    # kept so the two can be compared sentence by sentence (``eval agreement``).
+    app_support: list[dict[str, Any]] = Field(default_factory=list)
+    app_support_threshold: float | None = None
+    judged: list[dict[str, Any]] = Field(default_factory=list)
     mode: str | None = None  # the mode the app answered in (quick, research)
     plan: list[str] = Field(default_factory=list)  # research mode: the sub-questions
     retrieval_only: bool = False  # no answer was asked for: only index_* metrics
@@ -200,7 +206,9 @@ class Scorer:
             def check(evidence: Sequence[str], sentence: str) -> bool:
                 return support.supports(evidence, sentence, q.question)
 
-            cites = m.alce_citations(answer_sentences(r.answer), passages, check)
+            r.judged = []
+            cites = m.alce_citations(answer_sentences(r.answer), passages, check,
+                                     verdicts=r.judged)
             out["citation_recall"] = cites["citation_recall"]  # type: ignore[assignment]
             out["citation_precision"] = cites["citation_precision"]  # type: ignore[assignment]
             out["sentences_supported"] = cites["sentences_supported"]  # type: ignore[assignment]
@@ -257,6 +265,10 @@ async def ask_one(client: Any, q: Question, *, provider: str | None, sources: in
         result.usage = answer.usage.model_dump()
         result.related = answer.related
         result.withheld = answer.support.withheld if answer.support else 0
+        result.app_support = [
+            s.model_dump(include={"sentence", "cited", "supported", "score", "withheld"})
+            for s in (answer.support.sentences if answer.support else [])]
+        result.app_support_threshold = answer.support.threshold if answer.support else None
         result.mode = answer.mode
         result.plan = list(answer.plan)
     result.wall_ms = round((time.perf_counter() - started) * 1000, 1)

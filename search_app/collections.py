@@ -41,6 +41,7 @@ from retrieval.index import LocalIndex
 from retrieval.types import SearchResult
 from retrieval.uploads import (
     MEDIA_TYPES,
+    DocumentKind,
     ExtractLimits,
     Section,
     UploadRejected,
@@ -137,10 +138,8 @@ class Collections:
         filename = _safe_filename(filename)
         if len(data) > self.limits.max_bytes:
             raise _too_large(self.limits.max_bytes)
-        try:
-            kind = sniff_upload(data, filename)
-            sections = await asyncio.to_thread(extract_sections, data, kind,
-                                               self.limits.extract)
+        try:  # both off the event loop: sniffing decodes and unzips up to max_bytes
+            kind, sections = await asyncio.to_thread(self._read, data, filename)
         except UploadRejected as exc:
             raise _http_error(exc) from None
         new_id = uuid.uuid4().hex
@@ -158,6 +157,10 @@ class Collections:
                     self.store.documents, collection_id):  # made for this file: undo
                 await asyncio.to_thread(self._drop, collection_id)
             raise
+
+    def _read(self, data: bytes, filename: str) -> tuple[DocumentKind, list[Section]]:
+        kind = sniff_upload(data, filename)
+        return kind, extract_sections(data, kind, self.limits.extract)
 
     def _add(self, collection_id: str, collection: str, filename: str, kind: str,
              data: bytes, sections: list[Section]) -> dict[str, Any]:
