@@ -31,7 +31,8 @@ class ThresholdRow(BaseModel):
 
 class Agreement(BaseModel):
     sentences: int          # app-checked sentences with a judge verdict
-    unmatched: int          # app sentences the judge never read (withheld by strict)
+    withheld: int           # app sentences strict withheld: the judge never read them
+    unmatched: int          # emitted app sentences the harness split differently
     app_yes_judge_yes: int
     app_yes_judge_no: int
     app_no_judge_yes: int
@@ -54,15 +55,16 @@ def _key(sentence: str) -> str:
 def agreement(results: Iterable[Any], app_threshold: float | None = None) -> Agreement:
     """Cross the app's verdicts with the judge's over ``results`` (QuestionResult)."""
     pairs: list[tuple[bool, float, bool]] = []  # (app supported, app score, judge)
-    unmatched = 0
+    withheld = unmatched = 0
     for result in results:
         judged = {_key(j["sentence"]): bool(j["supported"]) for j in result.judged}
         if not judged:
             continue
         for s in result.app_support:
             verdict = judged.get(_key(s["sentence"]))
-            if verdict is None:
-                unmatched += 1
+            if verdict is None:  # a fragment the harness does not count as a sentence
+                withheld += bool(s.get("withheld"))
+                unmatched += not s.get("withheld")
                 continue
             pairs.append((bool(s["supported"]), float(s["score"]), verdict))
     count = {(a, j): sum(1 for x, _, y in pairs if (x, y) == (a, j))
@@ -72,7 +74,7 @@ def agreement(results: Iterable[Any], app_threshold: float | None = None) -> Agr
                           judge_supported=sum(1 for a, score, j in pairs
                                               if a and score >= t and j))
              for t in THRESHOLDS if app_threshold is None or t > app_threshold]
-    return Agreement(sentences=len(pairs), unmatched=unmatched,
+    return Agreement(sentences=len(pairs), withheld=withheld, unmatched=unmatched,
                      app_yes_judge_yes=count[True, True], app_yes_judge_no=count[True, False],
                      app_no_judge_yes=count[False, True], app_no_judge_no=count[False, False],
                      app_threshold=app_threshold, sweep=sweep)
@@ -88,8 +90,10 @@ def agreement_markdown(name: str, a: Agreement, judge: str | None = None) -> str
     lines: list[str] = [
         f"# App check vs {judge or 'the run support check'}: `{name}`", "",
         f"{a.sentences} sentences with both verdicts"
-        + (f" ({a.unmatched} the judge did not read: withheld by strict)"
-           if a.unmatched else "") + ".", "",
+        + "".join(f"; {n} {why}" for n, why in (
+            (a.withheld, "withheld by strict, which the judge never read"),
+            (a.unmatched, "that the harness splits differently (e.g. a list's items), "
+                          "left out")) if n) + ".", "",
         "| app check | judge: supported | judge: not | judge-supported share |",
         "|---|---|---|---|",
         f"| passed (strict emits) | {a.app_yes_judge_yes} | {a.app_yes_judge_no} | "
@@ -120,6 +124,7 @@ def pooled(groups: Sequence[Agreement]) -> Agreement:
                                              + r.judge_supported)
     return Agreement(
         sentences=sum(g.sentences for g in groups),
+        withheld=sum(g.withheld for g in groups),
         unmatched=sum(g.unmatched for g in groups),
         app_yes_judge_yes=sum(g.app_yes_judge_yes for g in groups),
         app_yes_judge_no=sum(g.app_yes_judge_no for g in groups),

@@ -126,7 +126,7 @@ def answer_sentences(answer: str) -> list[tuple[str, list[int]]]:
     """(sentence without citations, cited numbers), split the way the app splits. A
     research report's headings and its "not covered" lines are the app's own words, not
     claims about the sources: they are left out."""
-    from search_app.grounding import SentenceSplitter, citations, strip_citations
+    from search_app.grounding import SentenceSplitter, citations, is_claim, strip_citations
     from search_app.prompts import RESEARCH_GAP_TEXT
 
     answer = _HEADING.sub("", answer).replace(RESEARCH_GAP_TEXT, "")
@@ -135,7 +135,7 @@ def answer_sentences(answer: str) -> list[tuple[str, list[int]]]:
     out = []
     for part in parts:
         plain = strip_citations(part)
-        if len(plain) >= 3 and any(c.isalnum() for c in plain):
+        if is_claim(plain):  # the app's own rule: list numbers are not claims
             out.append((plain, citations(part)))
     return out
 

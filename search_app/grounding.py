@@ -61,6 +61,7 @@ __all__ = [
     "SentenceSplitter",
     "citations",
     "clean_citations",
+    "is_claim",
     "normalize_citations",
     "strip_citations",
 ]
@@ -120,6 +121,17 @@ class SentenceSplitter:
     def flush(self) -> str:
         rest, self._buffer = self._buffer, ""
         return rest
+
+
+# A list item's number or bullet, or a code block's bracket, on its own: the splitter
+# cuts "1. Run git gc." into "1." and "Run git gc.", and "10." must not be checked as a
+# claim (a number the sources lack) and withheld, nor count toward strict's stop.
+_NOT_A_CLAIM = re.compile(r"\s*(?:\d{1,3}[.)]|[a-zA-Z][.)]|[-*+\u2022])?[\W_]*")
+
+
+def is_claim(plain: str) -> bool:
+    """Whether a sentence (citations stripped) says anything that can be checked."""
+    return len(plain.strip()) >= 3 and not _NOT_A_CLAIM.fullmatch(plain)
 
 
 # A citation marker still being written at the end of the text: "[", "[[cita",
@@ -218,7 +230,7 @@ class Grounder:
         text = clean_citations(sentence, n_sources)
         valid = list(dict.fromkeys(citations(text)))
         plain = strip_citations(text)
-        if len(plain) < 3 or not any(c.isalnum() for c in plain):
+        if not is_claim(plain):
             return text, SentenceSupport(sentence=plain, cited=valid, supported=True,
                                          score=1.0, best_source=None)
         checked = [p for p in passages if p.source_id in valid] or list(passages)

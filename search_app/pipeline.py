@@ -58,7 +58,14 @@ from search_app.events import (
     TimingsEvent,
     Usage,
 )
-from search_app.grounding import CitedStream, Grounder, Sources, clean_citations
+from search_app.grounding import (
+    CitedStream,
+    Grounder,
+    Sources,
+    clean_citations,
+    is_claim,
+    strip_citations,
+)
 from search_app.metrics import AnswerMetrics
 from search_app.related import parse_candidates, pick_related
 from search_app.store import AnswerRecord, Store
@@ -317,20 +324,25 @@ class AnswerPipeline:
         """
         opts, strict = self.options, out.policy == "strict"
         cited, t_gen, run = CitedStream(n_sources), time.perf_counter(), 0
+        held = ""  # strict: a list number or bullet, waiting for the claim it introduces
 
         async def settle(sentence: str) -> str:
-            """The sentence's text to send now ("" when withheld)."""
-            nonlocal run
-            if out.policy == "off":
-                return cited.complete(clean_citations(sentence, n_sources))
+            """The sentence's text to send now ("" when withheld or held)."""
+            nonlocal run, held
+            if out.policy == "off" or not is_claim(strip_citations(sentence)):
+                rest = cited.complete(clean_citations(sentence, n_sources))
+                if strict:  # goes out with the next claim, or is dropped with it
+                    held += rest
+                    return ""
+                return rest
             text, checked = await self.grounder.check(sentence, packed, question, n_sources)
             rest = cited.complete(text)
             if strict and not checked.supported:
                 out.support.append(checked.model_copy(update={"withheld": True}))
-                run += 1
+                run, held = run + 1, ""
                 return ""
             out.support.append(checked)
-            run = 0
+            run, rest, held = 0, held + rest, ""
             return rest
 
         async with contextlib.aclosing(engine.generate(request)) as stream:
@@ -374,7 +386,10 @@ class AnswerPipeline:
                     out.text += text
                     yield DeltaEvent(text=text)
         last = cited.flush()  # the answer's last sentence, if it did not end
-        if last.strip() and (text := await settle(last)):
+        text = await settle(last) if last.strip() else ""
+        if strict and run == 0 and (out.text + text).strip():  # closes an emitted claim
+            text, held = text + held, ""
+        if text:
             out.text += text
             yield DeltaEvent(text=text)
 

@@ -97,6 +97,31 @@ async def test_strict_with_nothing_supported_answers_the_abstain_text() -> None:
     assert sources  # the sources are still shown
 
 
+async def test_a_list_number_goes_out_with_its_item_or_not_at_all() -> None:
+    """The splitter cuts "1. Claim." into "1." and "Claim.": the number is not a claim
+    (it is not checked, not listed, does not count toward strict's stop; "10." once was
+    withheld as a number the sources lack), it goes out with its item, and is dropped
+    with a withheld item instead of dangling."""
+    tokens = ["1.", " The Eiffel Tower was designed by the company of Gustave "
+              "Eiffel[citation:1].", "\n\n", "2.", f" {MOON}.", "\n\n", "10.",
+              " The Eiffel Tower was designed by the company of Gustave Eiffel.", "\n\n", "}"]
+    events = await _events(ScriptedEngine(tokens))
+    text = _text(events)
+    assert "1. The Eiffel Tower" in text and "10. The Eiffel Tower" in text
+    assert "2." not in text and MOON not in text and text.rstrip().endswith("}")
+    support = _of(events, SupportEvent)
+    listed = [s.sentence for s in support.sentences]
+    assert not any(s in ("1.", "2.", "10.", "}") for s in listed), listed
+    assert support.withheld == 1 and not _of(events, DoneEvent).stopped_unsupported
+    # a number between two rejected claims does not reset the count: strict stops
+    stop = ScriptedEngine([*SUPPORTED, f" {MOON}.", "\n\n", "3.", " Cheese flies over Mars.",
+                           " The Eiffel Tower is in Paris."], delay_s=0.002)
+    assert _of(await _events(stop), DoneEvent).stopped_unsupported
+    marked = await _events(ScriptedEngine(tokens), grounding="mark")
+    assert "2. " + MOON in _text(marked)
+    assert "10." not in [s.sentence for s in _of(marked, SupportEvent).sentences]
+
+
 async def test_every_face_leaves_withheld_sentences_out(tmp_path: Path) -> None:
     app, _ = make_app(tmp_path, ScriptedEngine())
     transport = httpx.ASGITransport(app=app)

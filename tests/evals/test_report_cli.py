@@ -220,7 +220,7 @@ def test_each_sentence_verdict_is_kept_and_crossed_with_the_apps(tmp_path: Path)
     (run_dir / "results.jsonl").write_text(r.model_dump_json() + "\n")
     out = CliRunner().invoke(cli, ["eval", "agreement", "m", "--root", str(tmp_path)])
     assert out.exit_code == 0, out.output
-    assert "3 sentences with both verdicts (1 the judge did not read" in out.output
+    assert "3 sentences with both verdicts; 1 withheld by strict, which the judge" in out.output
     assert "| passed (strict emits) | 1 | 1 | 0.50 |" in out.output
     assert "| rejected (strict withholds) | 0 | 1 | 0.00 |" in out.output
     assert "| 0.60 | 2 | 0.67 | 0.50 |" in out.output  # 0.9 and 0.6 kept
