@@ -17,15 +17,17 @@ import asyncio
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import IO, Any, Protocol
 
 import httpx
 from pydantic import BaseModel, Field
@@ -395,38 +397,56 @@ def started_app(data_dir: Path, *, serve_args: Sequence[str] = (), log_path: Pat
                "--answer-timeout-s", "600", *serve_args]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                   start_new_session=True)
+    with log_path.open("wb") as log, owned_process(command, log=log, env=env) as process:
         url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + ready_timeout
-            while True:
-                if process.poll() is not None:
-                    tail = log_path.read_text(errors="replace").strip().splitlines()[-1:]
-                    raise AppStartError(f"the app exited with {process.returncode} "
-                                        f"({tail[0] if tail else 'no output'}); log: "
-                                        f"{log_path}")
-                try:
-                    probe = httpx.get(f"{url}/searxng/search",
-                                      params={"q": "ready", "format": "json"}, timeout=5)
-                    if probe.status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise AppStartError(f"the app was not ready in {ready_timeout:g} s; "
-                                        f"log: {log_path}")
-                time.sleep(0.5)
-            yield url
-        finally:
-            if process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+        deadline = time.monotonic() + ready_timeout
+        while True:
+            if process.poll() is not None:
+                tail = log_path.read_text(errors="replace").strip().splitlines()[-1:]
+                raise AppStartError(f"the app exited with {process.returncode} "
+                                    f"({tail[0] if tail else 'no output'}); log: "
+                                    f"{log_path}")
+            try:
+                probe = httpx.get(f"{url}/searxng/search",
+                                  params={"q": "ready", "format": "json"}, timeout=5)
+                if probe.status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise AppStartError(f"the app was not ready in {ready_timeout:g} s; "
+                                    f"log: {log_path}")
+            time.sleep(0.5)
+        yield url
+
+
+@contextmanager
+def owned_process(command: Sequence[str], *, log: IO[bytes], env: dict[str, str]
+                  ) -> Iterator[subprocess.Popen[bytes]]:
+    """A child process that ends with this block, also when this process is told to
+    stop (SIGTERM, SIGHUP: Python's default would exit without running ``finally``, and
+    the child, in its own session so that Ctrl-C reaches only the harness, would be left
+    serving)."""
+    def stop(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
+                               start_new_session=True)
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def write_config(run_dir: Path, config: RunConfig) -> None:
