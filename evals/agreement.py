@@ -57,11 +57,15 @@ def agreement(results: Iterable[Any], app_threshold: float | None = None) -> Agr
     pairs: list[tuple[bool, float, bool]] = []  # (app supported, app score, judge)
     withheld = unmatched = 0
     for result in results:
-        judged = {_key(j["sentence"]): bool(j["supported"]) for j in result.judged}
+        # in order, per text: a looping model repeats a sentence with other citations
+        judged: dict[str, list[bool]] = {}
+        for j in result.judged:
+            judged.setdefault(_key(j["sentence"]), []).append(bool(j["supported"]))
         if not judged:
             continue
         for s in result.app_support:
-            verdict = judged.get(_key(s["sentence"]))
+            queue = judged.get(_key(s["sentence"]))
+            verdict = queue.pop(0) if queue else None
             if verdict is None:  # a fragment the harness does not count as a sentence
                 withheld += bool(s.get("withheld"))
                 unmatched += not s.get("withheld")
@@ -92,8 +96,8 @@ def agreement_markdown(name: str, a: Agreement, judge: str | None = None) -> str
         f"{a.sentences} sentences with both verdicts"
         + "".join(f"; {n} {why}" for n, why in (
             (a.withheld, "withheld by strict, which the judge never read"),
-            (a.unmatched, "that the harness splits differently (e.g. a list's items), "
-                          "left out")) if n) + ".", "",
+            (a.unmatched, "that the harness does not count as claims (e.g. list "
+                          "numbers the app checked before e2f951b), left out")) if n) + ".", "",
         "| app check | judge: supported | judge: not | judge-supported share |",
         "|---|---|---|---|",
         f"| passed (strict emits) | {a.app_yes_judge_yes} | {a.app_yes_judge_no} | "

@@ -198,7 +198,7 @@ def test_each_sentence_verdict_is_kept_and_crossed_with_the_apps(tmp_path: Path)
     independent check supports (here: word overlap stands in for the judge)."""
     q = Question(id="a", question="How long?", answers=["30 days"], gold_urls=[GOLD])
     r = _result("a", "The default is 30 days.[citation:1] Logs are kept.[citation:2] "
-                     "It is 30 days.[citation:1]")
+                     "It is 30 days.[citation:1] The default is 30 days.[citation:2]")
     r.app_support_threshold = 0.55
     r.app_support = [  # what the app's own check said (its support event)
         {"sentence": "The default is 30 days.[citation:1]", "cited": [1],
@@ -209,22 +209,25 @@ def test_each_sentence_verdict_is_kept_and_crossed_with_the_apps(tmp_path: Path)
          "score": 0.5, "withheld": False},
         {"sentence": "Withheld words.", "cited": [], "supported": False, "score": 0.2,
          "withheld": True},
+        # a repeated sentence, judged again on its own citations: matched in order
+        {"sentence": "The default is 30 days.[citation:2]", "cited": [2],
+         "supported": False, "score": 0.5, "withheld": False},
     ]
     Scorer(WordSupport()).score(q, r)
     assert [(j["sentence"], j["supported"]) for j in r.judged] == [
         ("The default is 30 days.", True), ("Logs are kept.", False),
-        ("It is 30 days.", False)]
+        ("It is 30 days.", False), ("The default is 30 days.", False)]
     run_dir = tmp_path / "runs" / "m"
     write_config(run_dir, RunConfig(run_id="m", dataset="dev", questions=1,
                                     support_check="words"))
     (run_dir / "results.jsonl").write_text(r.model_dump_json() + "\n")
     out = CliRunner().invoke(cli, ["eval", "agreement", "m", "--root", str(tmp_path)])
     assert out.exit_code == 0, out.output
-    assert "3 sentences with both verdicts; 1 withheld by strict, which the judge" in out.output
+    assert "4 sentences with both verdicts; 1 withheld by strict, which the judge" in out.output
     assert "| passed (strict emits) | 1 | 1 | 0.50 |" in out.output
-    assert "| rejected (strict withholds) | 0 | 1 | 0.00 |" in out.output
-    assert "| 0.60 | 2 | 0.67 | 0.50 |" in out.output  # 0.9 and 0.6 kept
-    assert "| 0.65 | 1 | 0.33 | 1.00 |" in out.output  # only the true one is left
+    assert "| rejected (strict withholds) | 0 | 2 | 0.00 |" in out.output
+    assert "| 0.60 | 2 | 0.50 | 0.50 |" in out.output  # 0.9 and 0.6 kept
+    assert "| 0.65 | 1 | 0.25 | 1.00 |" in out.output  # only the true one is left
     _run(tmp_path, "old", ["It is 30 days.[citation:1]"])  # scored without verdicts kept
     (tmp_path / "runs" / "old" / "results.jsonl").write_text(
         _result("q", "x").model_dump_json() + "\n")
