@@ -40,12 +40,6 @@ class Agreement(BaseModel):
     app_threshold: float | None
     sweep: list[ThresholdRow]
 
-    @property
-    def emitted_supported(self) -> float | None:
-        """What strict would emit (the app passed it), share supported by the judge."""
-        kept = self.app_yes_judge_yes + self.app_yes_judge_no
-        return self.app_yes_judge_yes / kept if kept else None
-
 
 def _key(sentence: str) -> str:
     plain = re.sub(r"\[citation:\d+\]", "", sentence)
