@@ -37,6 +37,7 @@ ENV PATH=/opt/search-app/.venv/bin:$PATH \
     SEARCH_APP_PORT=8000 \
     SEARCH_APP_ENGINE=llamacpp \
     SEARCH_APP_MODELS_DIR=/models \
+    SEARCH_APP_DEFAULT_MODEL_COPY_DIR=/opt/search-app/data/models \
     SEARCH_APP_STORE_PATH=/data/store.sqlite \
     HF_HUB_OFFLINE=1
 VOLUME ["/data", "/models"]

@@ -121,6 +121,14 @@ class Settings(BaseSettings):
     llama_amx: bool = Field(
         False, description="llama.cpp: use its AMX kernels on Intel AMX CPUs (they crash "
                            "on some; scripts/setup.sh also builds with AMX when set).")
+    default_model_copy: bool = Field(
+        False, description="llama.cpp, no --model: serve a Q8_0 copy of the packaged "
+                           "SmolLM2 Q4_1, made once in the models folder (prompts prefill "
+                           "faster on x86 CPUs; answers not shown equal: "
+                           "docs/benchmarks.md); off: the packaged file as is.")
+    default_model_copy_dir: Path | None = Field(
+        None, description="Where that copy is kept (default: the models folder); one "
+                          "folder can serve several data folders.")
     dtype: str = Field("auto", description="vLLM: weights dtype (auto, float16, bfloat16, "
                                            "float32).")
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="vLLM: GPU memory share.")
@@ -262,6 +270,8 @@ class Settings(BaseSettings):
             parallel=self.parallel, max_queue=self.max_queue, n_threads=self.threads,
             n_gpu_layers=self.gpu_layers, prompt_lookup_tokens=self.prompt_lookup_tokens,
             allow_amx=self.llama_amx,
+            default_copy_dir=(self.default_model_copy_dir or self.models_path())
+            if self.default_model_copy else None,
         )
         vllm = VLLMOptions(
             model=model, served_model_name=self.served_model_name, dtype=self.dtype,

