@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from httpx_sse import ServerSentEvent
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from retrieval.extract import ExtractionError, extract
@@ -209,6 +209,7 @@ def front_end_split(response: str) -> tuple[str, str, str | None]:
 
 @PROPERTY
 @given(st.lists(model_text, max_size=12), st.lists(st.text(max_size=30), max_size=3))
+@example(deltas=["\u200b"], related=[])  # found by CI: the model's own zero-width space
 def test_lepton_markers_in_the_answer_cannot_break_the_protocol(deltas: list[str],
                                                                 related: list[str]) -> None:
     sources = SourcesEvent(sources=[], relevant=True)
@@ -220,7 +221,8 @@ def test_lepton_markers_in_the_answer_cannot_break_the_protocol(deltas: list[str
         out += _translate(RelatedEvent(questions=related), True)
     contexts, answer, tail = front_end_split(out)
     assert json.loads(contexts) == []
-    assert answer.replace("\u200b", "") == "".join(deltas)
+    # The guard breaks markers with zero-width spaces; the model may write its own too.
+    assert answer.replace("\u200b", "") == "".join(deltas).replace("\u200b", "")
     assert (json.loads(tail) == [{"question": q} for q in related[:5]]) if related \
         else tail is None
 
