@@ -127,6 +127,9 @@ def corpus_command(packages: str, strip_questions: bool, pages: str | None, serv
 @click.option("--mode", type=click.Choice(["quick", "research"]), default="quick",
               show_default=True, help="The app's answer mode: quick (one search, one "
               "answer) or research (planned sub-questions, a sectioned report).")
+@click.option("--lead/--no-lead", default=None,
+              help="Ask for answers with or without the lead quote (default: the app's "
+                   "setting); lead_hit scores the quote against the gold sentences.")
 @click.option("--index-recall/--no-index-recall", default=None,
               help="Also score the local index's own top 10 (GET /searxng/search): "
               "retrieval without the relevance gate. Default: on when the harness starts "
@@ -142,7 +145,8 @@ def run_command(dataset: str, limit: int | None, concurrency: int, base_url: str
                 api_key: str | None, run_id: str | None, corpus: str | None,
                 strip_questions: bool, pages: str | None, serve_args: tuple[str, ...],
                 provider: str | None, sources: int | None, related: bool, mode: str,
-                index_recall: bool | None, retrieval_only: bool, support: str,
+                lead: bool | None, index_recall: bool | None, retrieval_only: bool,
+                support: str,
                 judge_url: str | None, judge_model: str | None, judge_api_key: str | None,
                 progress: bool, root: Path) -> None:
     """Answer a dataset through the API, score each answer, then write the report."""
@@ -181,7 +185,7 @@ def run_command(dataset: str, limit: int | None, concurrency: int, base_url: str
                        corpus_variant=("stripped" if strip_questions else "full")
                        + (f", pages {pages}" if pages else ""),
                        serve_args=list(serve_args), provider=provider, sources=sources,
-                       related=related, mode=mode, concurrency=concurrency,
+                       related=related, mode=mode, lead=lead, concurrency=concurrency,
                        index_recall=(base_url is None if index_recall is None
                                      else index_recall) or retrieval_only,
                        retrieval_only=retrieval_only,
@@ -283,7 +287,8 @@ def _run(url: str, config: Any, todo: list[Any], results_path: Path, scorer: Any
         asyncio.run(answer_questions(
             url, todo, results_path, scorer, concurrency=config.concurrency,
             api_key=api_key, provider=config.provider, sources=config.sources,
-            related=config.related, mode=config.mode, index_recall=config.index_recall,
+            related=config.related, mode=config.mode, lead=config.lead,
+            index_recall=config.index_recall,
             on_done=lambda r: bar.advance(task)))
 
 

@@ -28,9 +28,11 @@ METRIC_GROUPS: dict[str, list[str]] = {
     "answer": ["exact_match", "f1", "answer_contains", "answer_recall", "passage_recall"],
     "citations": ["citation_recall", "citation_precision", "sentences_supported"],
     "abstention": ["abstention", "false_abstention"],
+    "lead": ["lead_hit", "quoted"],
     "extras": ["cut_off", "related_ge2", "withheld_sentences"],
 }
-LATENCY_STAGES = ["search_ms", "read_ms", "rank_ms", "ttft_ms", "total_ms", "wall_ms"]
+LATENCY_STAGES = ["search_ms", "read_ms", "rank_ms", "ttft_ms", "first_text_ms",
+                  "total_ms", "wall_ms"]
 # The headline bars of the plots and of compare.
 HEADLINE = ["recall@5_page", "recall@5_anchor", "mrr_anchor", "f1", "answer_contains",
             "passage_recall", "citation_recall", "citation_precision", "abstention",
@@ -53,7 +55,8 @@ def summarize(results: list[QuestionResult], config: RunConfig | None = None
     generated = [r for r in answered if not r.metrics.get("abstained")]
     latency: dict[str, dict[str, float | None]] = {}
     for stage in LATENCY_STAGES:
-        values = [(r.wall_ms if stage == "wall_ms" else r.timings.get(stage))
+        values = [(r.wall_ms if stage == "wall_ms" else r.first_text_ms
+                   if stage == "first_text_ms" else r.timings.get(stage))
                   for r in generated]
         values = [v for v in values if v is not None]
         latency[stage] = {"p50": m.percentile(values, 50), "p95": m.percentile(values, 95)}

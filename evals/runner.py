@@ -61,6 +61,7 @@ class RunConfig(BaseModel):
     sources: int | None = None
     related: bool = False
     mode: str = "quick"  # the app's answer mode: quick, or research (planned report)
+    lead: bool | None = None  # the lead quote asked on/off (None: the app's setting)
     index_recall: bool = False
     retrieval_only: bool = False
     concurrency: int = 1
@@ -87,6 +88,9 @@ class QuestionResult(BaseModel):
     grade: str | None = None
     related: list[str] = Field(default_factory=list)
     withheld: int = 0  # sentences the strict grounding policy left out
+    quotes: list[dict[str, Any]] = Field(default_factory=list)  # the lead: text, source
+    first_text_ms: float | None = None  # from asking to the first answer text (strict:
+    #                                     the first supported sentence, quote or model's)
     # The app's own check of each sentence (its support event: sentence, supported,
     # score, withheld) and the run's support check of each emitted sentence (judged),
     # kept so the two can be compared sentence by sentence (``eval agreement``).
@@ -110,14 +114,23 @@ _REFUSAL = re.compile(r"\b(do(es)? not (contain|cover|mention|say|provide)|canno
 _HEADING = re.compile(r"^#{2,3} .*$", re.M)
 
 
+_QUOTE_LINE = re.compile(r"^>.*$", re.M)
+
+
 def abstained(answer: str, finish_reason: str | None) -> bool:
-    """The app's abstention (the relevance gate fired, or its fixed text), or a model
-    reply that says the sources lack the answer. A research report (``## `` sections)
+    """The app's abstention (the relevance gate fired, or its fixed text; or no model
+    sentence could be verified and no quote was shown either), or a model reply that
+    says the sources lack the answer. An answer that shows a quote of the sources did
+    not abstain: the quote is its answer. A research report (``## `` sections)
     abstained only when every section did: one unanswered part is not a refusal."""
     from search_app.prompts import ABSTAIN_TEXT, RESEARCH_GAP_TEXT
 
-    if finish_reason == "no_relevant_sources" or ABSTAIN_TEXT[:40] in answer:
+    if finish_reason in ("no_relevant_sources", "no_results") or ABSTAIN_TEXT[:40] in answer:
         return True
+    quoted = bool(_QUOTE_LINE.search(answer))
+    if finish_reason in ("unverified", "declined"):
+        return not quoted
+    answer = _QUOTE_LINE.sub("", answer)  # a quoted page may say "does not contain"
     sections = [s.strip() for s in _HEADING.split(answer) if s.strip()]
     if len(sections) > 1 or (sections and _HEADING.search(answer)):
         return all(RESEARCH_GAP_TEXT in s or _REFUSAL.search(s) for s in sections)
@@ -196,6 +209,9 @@ class Scorer:
                 out["answer_contains"] = m.answer_contains(r.answer, q.answers)
                 out["answer_recall"] = m.answer_recall(r.answer, q.answers)
                 out["passage_recall"] = m.token_recall(r.answer, q.gold_passage)
+        if q.gold_sentences and not failed:  # the lead: did it quote the answer?
+            out["lead_hit"] = lead_hit(r.quotes, q.gold_sentences, q.answers)
+            out["quoted"] = float(bool(r.quotes))
         if not failed and not did_abstain:
             out["withheld_sentences"] = float(r.withheld)
             if self.related:  # the run asked for them: did at least two appear?
@@ -226,6 +242,26 @@ class Scorer:
         r.metrics = out
 
 
+def _norm(text: str) -> str:
+    return " ".join(text.replace("\u00a0", " ").split()).lower()
+
+
+def lead_hit(quotes: Sequence[dict[str, Any]], gold_sentences: Sequence[str],
+             answers: Sequence[str]) -> float:
+    """1.0 when the first quote holds a gold answering sentence, or is part of one and
+    holds a gold answer (a splitter may cut a long sentence at a semicolon)."""
+    if not quotes:
+        return 0.0
+    quote = _norm(str(quotes[0].get("text", "")))
+    # a gold sentence kept only for its referent ("Angel Falls is a waterfall..." before
+    # "It is the world's tallest...") is not the answer: the ones with an answer count
+    golds = [g for g in map(_norm, gold_sentences) if any(_norm(a) in g for a in answers)]
+    for gold in golds or list(map(_norm, gold_sentences)):
+        if gold in quote or (quote in gold and any(_norm(a) in quote for a in answers)):
+            return 1.0
+    return 0.0
+
+
 # --- asking ---------------------------------------------------------------------------
 
 async def index_urls(http: httpx.AsyncClient, question: str) -> list[str] | None:
@@ -241,18 +277,24 @@ async def index_urls(http: httpx.AsyncClient, question: str) -> list[str] | None
 
 
 async def ask_one(client: Any, q: Question, *, provider: str | None, sources: int | None,
-                  related: bool, mode: str = "quick") -> QuestionResult:
+                  related: bool, mode: str = "quick", lead: bool | None = None
+                  ) -> QuestionResult:
     """One question through the streaming API; an error becomes the result's error.
     ``mode="research"`` asks for the planned, sectioned report; quick (the app's
     default) sends no mode, so apps without research mode are measured too."""
     from search_app.client import Answer, SearchAPIError
+    from search_app.events import DeltaEvent
 
     result = QuestionResult(id=q.id, question=q.question, tags=q.tags)
     started = time.perf_counter()
     try:
-        events = [e async for e in client.stream(
-            q.question, provider=provider, sources=sources, related=related,
-            mode=None if mode == "quick" else mode)]
+        events = []
+        async for e in client.stream(q.question, provider=provider, sources=sources,
+                                     related=related, mode=None if mode == "quick" else mode,
+                                     lead=lead):
+            if isinstance(e, DeltaEvent) and result.first_text_ms is None and e.text.strip():
+                result.first_text_ms = round((time.perf_counter() - started) * 1000, 1)
+            events.append(e)
         answer = Answer.from_events(events)
     except SearchAPIError as exc:
         result.error = {"code": exc.code, "message": exc.message[:500]}
@@ -268,8 +310,11 @@ async def ask_one(client: Any, q: Question, *, provider: str | None, sources: in
         result.related = answer.related
         result.withheld = answer.support.withheld if answer.support else 0
         result.app_support = [
-            s.model_dump(include={"sentence", "cited", "supported", "score", "withheld"})
+            s.model_dump(include={"sentence", "cited", "supported", "score", "withheld",
+                                  "reason", "repeats_quote"})
             for s in (answer.support.sentences if answer.support else [])]
+        result.quotes = [{"text": x.text, "source": x.source, "score": x.score}
+                         for x in answer.quotes]
         result.app_support_threshold = answer.support.threshold if answer.support else None
         result.mode = answer.mode
         result.plan = list(answer.plan)
@@ -281,7 +326,8 @@ async def answer_questions(base_url: str, questions: Sequence[Question], results
                            scorer: Scorer, *, concurrency: int = 1,
                            api_key: str | None = None, provider: str | None = None,
                            sources: int | None = None, related: bool = False,
-                           mode: str = "quick", index_recall: bool = False,
+                           mode: str = "quick", lead: bool | None = None,
+                           index_recall: bool = False,
                            on_done: Callable[[QuestionResult], None] | None = None
                            ) -> int:
     """Ask every question (``concurrency`` at a time), score it, append it to
@@ -301,7 +347,7 @@ async def answer_questions(base_url: str, questions: Sequence[Question], results
             nonlocal errors
             async with gate:
                 result = await ask_one(client, q, provider=provider, sources=sources,
-                                       related=related, mode=mode)
+                                       related=related, mode=mode, lead=lead)
                 if index_recall and q.gold_urls:
                     result.index_urls = await index_urls(http, q.question)
             await asyncio.to_thread(scorer.score, q, result)

@@ -22,6 +22,7 @@ from search_app.events import (
     DeltaEvent,
     DoneEvent,
     PlanEvent,
+    QuoteEvent,
     RelatedEvent,
     SearchEvent,
     SourcesEvent,
@@ -74,6 +75,9 @@ def _default_url() -> str:
               help="With --collection: answer only from the collections.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print the finished answer as one JSON object (for scripts).")
+@click.option("--lead/--no-lead", default=None,
+              help="Open the answer with the sources' own words (a quote), or not "
+                   "[default: the app's setting].")
 @click.option("--show-withheld", is_flag=True,
               help="Also print the sentences strict grounding withheld (unsupported).")
 @click.option("--api-key", default=None, help="Bearer key, when the app requires one.")
@@ -84,7 +88,7 @@ def ask_command(question: str, base_url: str | None, thread_id: str | None,
                 related: bool, sites: tuple[str, ...], excluded: tuple[str, ...],
                 recency: str | None, after: str | None, before: str | None,
                 research: bool, collections: tuple[str, ...], no_web: bool, as_json: bool,
-                show_withheld: bool, api_key: str | None,
+                lead: bool | None, show_withheld: bool, api_key: str | None,
                 timeout: float) -> None:
     """Ask QUESTION; the answer streams in with numbered sources."""
     url = base_url or _default_url()
@@ -94,7 +98,8 @@ def ask_command(question: str, base_url: str | None, thread_id: str | None,
                 "search_domain_filter": domains or None, "search_recency_filter": recency,
                 "search_after_date_filter": after, "search_before_date_filter": before,
                 "mode": "research" if research else None,
-                "collections": list(collections) or None, "web": False if no_web else None}
+                "collections": list(collections) or None, "web": False if no_web else None,
+                "lead": lead}
     out = Console(highlight=False, soft_wrap=True)
     try:
         with SearchClient(url, api_key=api_key,
@@ -146,6 +151,8 @@ def _stream(client: SearchClient, question: str, controls: dict[str, object],
                 for s in event.sources:
                     out.print(f"[dim][{s.number}] {escape(s.title)} ({escape(s.site)})[/dim]")
                 out.print()
+            case QuoteEvent():  # its text follows as a "> " line: say where it is from
+                out.print(f"[dim]quoted from source [{event.source}]:[/dim]")
             case DeltaEvent():
                 out.print(_with_chips(event.text), end="")
             case SupportEvent() if event.withheld:

@@ -37,6 +37,7 @@ from search_app.events import (
     DoneEvent,
     ErrorEvent,
     PlanEvent,
+    QuoteEvent,
     RelatedEvent,
     SearchEvent,
     Source,
@@ -79,6 +80,7 @@ class Answer(BaseModel):
     sources: list[Source] = Field(default_factory=list)
     provider: str | None = None
     relevant: bool = True
+    quotes: list[QuoteEvent] = Field(default_factory=list)  # the lead (one per section)
     related: list[str] = Field(default_factory=list)
     support: SupportEvent | None = None
     timings: TimingsEvent | None = None
@@ -89,7 +91,7 @@ class Answer(BaseModel):
     @classmethod
     def from_events(cls, events: Iterable[AnswerEvent]) -> Answer:
         """Fold a stream into an answer; raises :class:`SearchAPIError` on ``error``."""
-        fields: dict[str, Any] = {"answer": "", "events": []}
+        fields: dict[str, Any] = {"answer": "", "events": [], "quotes": []}
         for event in events:
             if not isinstance(event, StageEvent):  # progress only; not part of the answer
                 fields["events"].append(event)
@@ -103,6 +105,8 @@ class Answer(BaseModel):
                 case SourcesEvent():
                     fields.update(sources=event.sources, provider=event.provider,
                                   relevant=event.relevant)
+                case QuoteEvent():
+                    fields["quotes"].append(event)
                 case DeltaEvent():
                     fields["answer"] += event.text
                 case RelatedEvent():
@@ -196,21 +200,22 @@ class SearchClient:
                search_after_date_filter: str | None = None,
                search_before_date_filter: str | None = None,
                mode: str | None = None, collections: Sequence[str] | None = None,
-               web: bool | None = None
+               web: bool | None = None, lead: bool | None = None
                ) -> Iterator[AnswerEvent]:
         """The answer's events as they arrive. Stopping early (``break``, closing the
         generator) closes the connection, which aborts the generation on the server.
         The ``search_*`` filters are Sonar's (docs/search-api.md#search-filters);
         ``mode="research"`` asks for a planned, sectioned report (a ``plan`` event first).
         ``collections``: your uploaded collections to search too (``web=False``: only
-        them); see :meth:`upload`."""
+        them); see :meth:`upload`. ``lead=False``: no quote before the model's answer
+        (None: the app's setting)."""
         body = _body(query, thread_id=thread_id, provider=provider, sources=sources,
                      read_pages=read_pages, related=related,
                      search_domain_filter=search_domain_filter,
                      search_recency_filter=search_recency_filter,
                      search_after_date_filter=search_after_date_filter,
                      search_before_date_filter=search_before_date_filter, mode=mode,
-                     collections=collections or None, web=web)
+                     collections=collections or None, web=web, lead=lead)
         with connect_sse(self._http, "POST", "/api/search", json=body) as source:
             _raise_for_status(source.response, b"" if source.response.is_success
                               else source.response.read())
@@ -284,7 +289,7 @@ class AsyncSearchClient:
                      search_after_date_filter: str | None = None,
                      search_before_date_filter: str | None = None,
                      mode: str | None = None, collections: Sequence[str] | None = None,
-                     web: bool | None = None
+                     web: bool | None = None, lead: bool | None = None
                      ) -> AsyncIterator[AnswerEvent]:
         body = _body(query, thread_id=thread_id, provider=provider, sources=sources,
                      read_pages=read_pages, related=related,
@@ -292,7 +297,7 @@ class AsyncSearchClient:
                      search_recency_filter=search_recency_filter,
                      search_after_date_filter=search_after_date_filter,
                      search_before_date_filter=search_before_date_filter, mode=mode,
-                     collections=collections or None, web=web)
+                     collections=collections or None, web=web, lead=lead)
         async with aconnect_sse(self._http, "POST", "/api/search", json=body) as source:
             _raise_for_status(source.response, b"" if source.response.is_success
                               else await source.response.aread())

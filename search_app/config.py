@@ -189,6 +189,14 @@ class Settings(BaseSettings):
                               "support check (rejected ones are withheld, listed in the "
                               "support event); mark: all are sent, unsupported ones marked; "
                               "off: no check. Every face (API, /query, OpenAI, UI, ask).")
+    lead: bool = Field(
+        True, description="Open every answer with the sources' own words: the sentence "
+                          "(or two) of the ranked passages that answers the question, "
+                          "quoted and cited, sent before the model writes (the quote "
+                          "event; a Markdown block quote in the text). Turn it off when "
+                          "the model is strong enough that the quote only repeats it, or "
+                          "for sources whose sentences do not stand alone "
+                          "(docs/search-api.md#the-lead).")
     support_threshold: float = Field(
         0.55, ge=-1, le=1, description="MiniLM cosine a sentence needs to its sources to "
                                        "count as supported.")
@@ -328,7 +336,8 @@ class Settings(BaseSettings):
             rank_timeout_s=self.rank_timeout_s,
             first_token_timeout_s=self.first_token_timeout_s,
             answer_timeout_s=self.answer_timeout_s, related_timeout_s=self.related_timeout_s,
-            grounding=self.grounding, research_steps=self.research_max_steps,
+            grounding=self.grounding, lead=self.lead,
+            research_steps=self.research_max_steps,
             research_pages=self.research_max_pages,
             research_timeout_s=self.research_timeout_s,
             research_section_tokens=self.research_section_tokens)

@@ -5,7 +5,7 @@ each as a named SSE event with its JSON, the store keeps the list as it was stre
 (``GET /api/search/{id}`` replays it) and ``POST /query`` translates them into the Lepton
 marker format. One definition keeps the four in step. Order of one answer::
 
-    search -> sources -> delta* -> related -> support -> timings -> done
+    search -> sources -> quote? -> delta* -> related -> support -> timings -> done
     (error may come at any point after search, and is then the last event)
 """
 
@@ -21,6 +21,7 @@ __all__ = [
     "DoneEvent",
     "ErrorEvent",
     "PlanEvent",
+    "QuoteEvent",
     "RelatedEvent",
     "SearchEvent",
     "Source",
@@ -113,6 +114,21 @@ class SourcesEvent(AnswerEvent):
                                              "close enough; the answer abstains.")
 
 
+class QuoteEvent(AnswerEvent):
+    """The lead (search_app/lead.py): the sentence or two of one source that answer the
+    question, in the source's own words, chosen right after ranking. The deltas that
+    follow open with the same text as a Markdown block quote with its citation
+    (``> text [citation:N]``), so a face that shows only the text shows it as a quote.
+    Also sent, after the model's answer, when the model's own sentences could not be
+    verified (``done.finish_reason: "unverified"``). In research mode, one per section."""
+
+    name: ClassVar[str] = "quote"
+    text: str = Field(description="Copied exactly from the source (whitespace joined).")
+    source: int = Field(description="The source's number (the N of [citation:N]).")
+    score: float = Field(description="How well it matched the question (the chooser's "
+                                     "score: MiniLM cosine plus answer-type terms).")
+
+
 class DeltaEvent(AnswerEvent):
     name: ClassVar[str] = "delta"
     text: str
@@ -131,6 +147,13 @@ class SentenceSupport(BaseModel):
     best_source: int | None
     withheld: bool = Field(False, description="Strict grounding: the sentence failed the "
                                               "check and was left out of the answer text.")
+    reason: Literal["unsupported", "leans_on_withheld", "declined"] | None = Field(
+        None, description="Why it was withheld: unsupported (failed the check); "
+                          "leans_on_withheld (opens with a pronoun whose referent, the "
+                          "sentence before, was withheld); declined (the model said the "
+                          "sources lack the answer: not the app's to assert).")
+    repeats_quote: bool = Field(False, description="Left out because it repeats the "
+                                                   "quote the answer opens with.")
 
 
 class SupportEvent(AnswerEvent):
@@ -163,7 +186,13 @@ class Usage(BaseModel):
 class DoneEvent(AnswerEvent):
     name: ClassVar[str] = "done"
     finish_reason: Literal["stop", "length", "timeout", "no_relevant_sources",
-                           "no_results"]
+                           "no_results", "unverified", "declined"] = Field(
+        description="stop, length, timeout: the model's answer ended so. The three ways "
+                    "an answer abstains: no_relevant_sources (no passage passed the "
+                    "relevance gate; the model was not asked), unverified (passages were "
+                    "relevant, but no sentence the model wrote passed the support check: "
+                    "the best quote is the answer), declined (the model said the sources "
+                    "do not answer). no_results: nothing matched the search filters.")
     usage: Usage
     withheld: int = Field(0, description="Unsupported sentences withheld (strict policy).")
     stopped_unsupported: bool = Field(
@@ -179,7 +208,8 @@ class ErrorEvent(AnswerEvent):
 
 
 _BY_NAME: dict[str, type[AnswerEvent]] = {
-    cls.name: cls for cls in (SearchEvent, StageEvent, PlanEvent, SourcesEvent, DeltaEvent,
+    cls.name: cls for cls in (SearchEvent, StageEvent, PlanEvent, SourcesEvent, QuoteEvent,
+                              DeltaEvent,
                               RelatedEvent, SupportEvent, TimingsEvent, DoneEvent, ErrorEvent)
 }
 

@@ -46,6 +46,7 @@ import os
 import re
 from collections.abc import Sequence, Set
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
@@ -61,7 +62,11 @@ __all__ = [
     "SentenceSplitter",
     "citations",
     "clean_citations",
+    "coverage",
     "is_claim",
+    "is_decline",
+    "leans_on_previous",
+    "repeats",
     "normalize_citations",
     "strip_citations",
 ]
@@ -132,6 +137,52 @@ _NOT_A_CLAIM = re.compile(r"\s*(?:\d{1,3}[.)]|[a-zA-Z][.)]|[-*+\u2022])?[\W_]*")
 def is_claim(plain: str) -> bool:
     """Whether a sentence (citations stripped) says anything that can be checked."""
     return len(plain.strip()) >= 3 and not _NOT_A_CLAIM.fullmatch(plain)
+
+
+# The model saying the sources lack the answer: "The sources do not mention...", "I
+# don't know", "There is no information about...". Not a claim the app can check, and
+# not one it may assert: a sentence chosen from those very sources may answer it.
+_DECLINE = re.compile(
+    r"\b(?:(?:do|does|did)\s+not|don't|doesn't|didn't|cannot|can't|could\s+not|"
+    r"couldn't|unable\s+to|no)\s+(?:\w+\s+){0,3}?(?:contain|mention|provide|include|"
+    r"say|state|specify|cover|answer|know|find|information|details?|data|sources?)\b|"
+    r"\b(?:not|never)\s+(?:mentioned|stated|provided|specified|given|covered|"
+    r"included|found)\s+in\b|\bI\s+(?:do\s+not|don't)\s+know\b", re.IGNORECASE)
+_ABOUT_SOURCES = re.compile(r"\b(?:sources?|passages?|context|text|information|"
+                            r"provided|I)\b", re.IGNORECASE)
+
+
+def is_decline(plain: str) -> bool:
+    """Whether a sentence says the sources (or the model) do not have the answer."""
+    return bool(_DECLINE.search(plain)) and bool(_ABOUT_SOURCES.search(plain))
+
+
+# A sentence that opens with a pronoun leans on the sentence before it for its
+# referent: "He became the first American..." means nothing once the sentence that
+# named him was withheld.
+_LEANING = re.compile(r"^\W*(?:he|she|it|they|this|these|those|his|her|its|their|him|"
+                      r"them|there)\b", re.IGNORECASE)
+
+
+def leans_on_previous(plain: str) -> bool:
+    return bool(_LEANING.match(plain))
+
+
+_CONTENT = re.compile(r"[a-z0-9]+")
+_FUNCTION_WORDS = frozenset("""the a an of in on at to by for with from and or is are was
+were be been being it its this that these those as into about than then there their they
+he she his her has have had also which who whom whose what when where""".split())
+
+
+def repeats(sentence: str, quote: str, share: float = 0.8) -> bool:
+    """Whether ``sentence`` says little beyond ``quote``: at least ``share`` of its
+    content words are in the quote (so it adds no claim of its own)."""
+    words = [w for w in _CONTENT.findall(strip_citations(sentence).lower())
+             if w not in _FUNCTION_WORDS]
+    if not words:
+        return False
+    known = set(_CONTENT.findall(quote.lower()))
+    return sum(w in known for w in words) / len(words) >= share
 
 
 # A citation marker still being written at the end of the text: "[", "[[cita",
@@ -206,6 +257,12 @@ class Grounder:
     # The local index's own threshold (search_app/calibration.py); web providers keep
     # ``relevance_threshold``.
     local_threshold: float | None = None
+    # Where a sentence's names and numbers must be found: in every passage it was
+    # checked against ("checked"), or in the one passage that supports it best ("best":
+    # "Everest, also known as K2" cites the Everest passage, and K2 is only in another).
+    detail_scope: Literal["checked", "best"] = "checked"
+    # Least share of the sentence's content words found in that evidence (0: no rule).
+    min_coverage: float = 0.0
 
     def threshold(self, provider: str | None = None) -> float:
         if provider == "local" and self.local_threshold is not None:
@@ -235,15 +292,26 @@ class Grounder:
                                          score=1.0, best_source=None)
         checked = [p for p in passages if p.source_id in valid] or list(passages)
         score, best = await asyncio.to_thread(self._similarity, plain, checked)
-        novel = _novel_terms(plain, " ".join(p.text + " " + p.title for p in checked),
-                             question)
-        supported = score >= self.support_threshold and not novel
+        supported = score >= self.support_threshold and self.details_hold(
+            plain, checked, best, question)
         if supported and not valid and best is not None:
             body = text.rstrip()
             text = f"{body}[citation:{best}]{text[len(body):]}"
             valid = [best]
         return text, SentenceSupport(sentence=plain, cited=valid, supported=supported,
                                      score=round(score, 4), best_source=best)
+
+    def details_hold(self, plain: str, checked: Sequence[Passage], best: int | None,
+                     question: str) -> bool:
+        """The lexical half of the check: the sentence's numbers and names (and, with
+        ``min_coverage``, its content words) are in the evidence or the question."""
+        evidence = [p for p in checked if p.source_id == best] \
+            if self.detail_scope == "best" and best is not None else list(checked)
+        text = " ".join(p.text + " " + p.title for p in evidence)
+        if _novel_terms(plain, text, question):
+            return False
+        return self.min_coverage <= 0 or coverage(plain, f"{text} {question}") >= \
+            self.min_coverage
 
     def _similarity(self, sentence: str, passages: Sequence[Passage]
                     ) -> tuple[float, int | None]:
@@ -260,6 +328,20 @@ class Grounder:
         sims = vectors[1:] @ vectors[0]
         best = int(np.argmax(sims))
         return float(sims[best]), owners[best]
+
+
+_STEM = 5  # a content word matches a word of the evidence sharing its first 5 letters
+
+
+def coverage(sentence: str, evidence: str) -> float:
+    """The share of ``sentence``'s content words (4+ letters, not function words) that
+    the evidence has, compared by their first letters (painted ~ painting)."""
+    words = [w for w in _CONTENT.findall(sentence.lower())
+             if len(w) > 3 and w not in _FUNCTION_WORDS]
+    if not words:
+        return 1.0
+    known = {w[:_STEM] for w in _CONTENT.findall(evidence.lower())}
+    return sum(w[:_STEM] in known for w in words) / len(words)
 
 
 def _novel_terms(sentence: str, evidence: str, question: str) -> list[str]:

@@ -46,6 +46,7 @@ from search_app.events import (
     DeltaEvent,
     DoneEvent,
     ErrorEvent,
+    QuoteEvent,
     RelatedEvent,
     SearchEvent,
     SourcesEvent,
@@ -112,13 +113,24 @@ class SourceOut(BaseModel):
     url: str
 
 
+class QuoteOut(BaseModel):
+    text: str = Field(description="A source's own words, copied exactly.")
+    source: int = Field(description="The number of the source it is quoted from.")
+
+
 class AskResult(BaseModel):
-    answer: str = Field(description="The answer, with [N] citing the numbered sources.")
+    answer: str = Field(description="The answer, with [N] citing the numbered sources; "
+                                    "it opens with the quote as a Markdown block quote.")
+    quote: QuoteOut | None = Field(None, description="The sentence(s) of a source that "
+                                   "answer the question, quoted (the answer's first line).")
     sources: list[SourceOut]
     related: list[str] = Field(default_factory=list, description="Follow-up questions.")
-    finish_reason: str = Field(description="stop, length, timeout, no_relevant_sources "
-                                           "(nothing relevant found: the answer abstains) "
-                                           "or no_results (nothing passed the filters).")
+    finish_reason: str = Field(description="stop, length, timeout; or how it abstained: "
+                                           "no_relevant_sources (nothing relevant found), "
+                                           "unverified (the model's words could not be "
+                                           "checked: the quote is the answer), declined "
+                                           "(the model said the sources lack it), "
+                                           "no_results (nothing passed the filters).")
     search_id: str = Field(description="The stored answer's id (GET /api/search/{id}).")
 
 
@@ -263,6 +275,7 @@ async def _answer(events: AsyncIterator[Any], ctx: Context) -> AskResult:
     """Consume one answer's events: progress out as they come, the result at the end;
     an ``error`` event becomes a tool error."""
     text, sources, related, search_id, queued = "", [], [], "", 0
+    quote: QuoteOut | None = None
     async with contextlib.aclosing(events) as stream:  # a cancelled call aborts the model
         async for event in stream:
             match event:
@@ -281,6 +294,8 @@ async def _answer(events: AsyncIterator[Any], ctx: Context) -> AskResult:
                     sources = [SourceOut(number=s.number, title=s.title or s.url, url=s.url)
                                for s in event.sources]
                     await _progress(ctx, "writing", f"{len(sources)} sources")
+                case QuoteEvent() if quote is None:  # research: the first section's
+                    quote = QuoteOut(text=event.text, source=event.source)
                 case DeltaEvent():
                     text += event.text
                 case RelatedEvent():
@@ -290,7 +305,7 @@ async def _answer(events: AsyncIterator[Any], ctx: Context) -> AskResult:
                 case DoneEvent():
                     await _progress(ctx, "done", event.finish_reason)
                     return AskResult(answer=_CITATION.sub(r"[\1]", text).strip(),
-                                     sources=sources, related=related,
+                                     quote=quote, sources=sources, related=related,
                                      finish_reason=event.finish_reason, search_id=search_id)
     raise ToolError("The answer ended without finishing; try again.")
 

@@ -10,7 +10,9 @@ search controls (``search_domain_filter``, ``search_recency_filter``,
 ``search_after_date_filter``, ``search_before_date_filter``) filter the search. Research
 mode is the model ``search-app-research`` (what Sonar calls ``sonar-deep-research``), or
 ``mode: "research"`` on either name; ``collections`` (names of uploaded collections) and
-``web: false`` ask with your own documents, as on ``/api/search``.
+``web: false`` ask with your own documents, as on ``/api/search``. The content opens with
+the lead, a quote of the sources' own words (``> ... [N]``), also given as ``quote``;
+``lead: false`` leaves it out.
 
 The conversation is the thread: earlier user/assistant turns are the history (the search
 query of a follow-up is rewritten with it, as in ``/api/search``); the last message must
@@ -35,6 +37,7 @@ from search_app.events import (
     DeltaEvent,
     DoneEvent,
     ErrorEvent,
+    QuoteEvent,
     RelatedEvent,
     Source,
     SourcesEvent,
@@ -73,11 +76,19 @@ class SearchResult(BaseModel):
     date: str | None = None
 
 
+class Quote(BaseModel):
+    text: str = Field(description="A source's own words, copied exactly.")
+    source: int = Field(description="Its source's number: citations[source-1].")
+
+
 class _Cited(BaseModel):
     citations: list[str] = Field(default_factory=list,
                                  description="Source URLs; [N] in the text is citations[N-1].")
     search_results: list[SearchResult] = Field(default_factory=list)
     related_questions: list[str] | None = None
+    quote: Quote | None = Field(None, description="The lead: the sentence(s) of a source "
+                                "that answer the question; the content opens with it as a "
+                                "Markdown block quote.")
 
 
 class CitedChatCompletion(ChatCompletionResponse, _Cited):
@@ -164,12 +175,16 @@ class AnswerAgent:
                 or len(names) > MAX_COLLECTIONS or not isinstance(web, bool):
             raise BadRequestError(f"collections must be a list of at most {MAX_COLLECTIONS} "
                                   "names and web a boolean.", param="collections")
+        lead = extra.get("lead")
+        if lead is not None and not isinstance(lead, bool):
+            raise BadRequestError("lead must be a boolean.", param="lead")
         ids = await self._collections(names, web) if self._collections is not None else []
         pipeline = self._pipeline()
         if self._limit is not None:
             await self._limit()
         request = AnswerRequest(query=question, history=history, related=related,
-                                filters=filters, mode=mode, collections=ids, web=web)
+                                filters=filters, mode=mode, collections=ids, web=web,
+                                lead=lead)
         events = pipeline.run(request)
         try:
             sources = await self._until_sources(events)
@@ -201,6 +216,8 @@ class AnswerAgent:
         async with contextlib.aclosing(events):
             async for event in events:
                 match event:
+                    case QuoteEvent() if cited.quote is None:
+                        cited.quote = Quote(text=event.text, source=event.source)
                     case DeltaEvent():
                         text += event.text
                     case RelatedEvent() if related:
@@ -233,6 +250,8 @@ class AnswerAgent:
             yield chunk(DeltaMessage(role="assistant", content=""))
             async for event in events:
                 match event:
+                    case QuoteEvent() if cited.quote is None:  # rides on later chunks
+                        cited.quote = Quote(text=event.text, source=event.source)
                     case DeltaEvent():
                         yield chunk(DeltaMessage(content=_CITATION.sub(r"[\1]", event.text)))
                     case RelatedEvent() if related:

@@ -48,6 +48,7 @@ from search_app.events import (
     DeltaEvent,
     DoneEvent,
     ErrorEvent,
+    QuoteEvent,
     RelatedEvent,
     SearchEvent,
     SentenceSupport,
@@ -64,8 +65,12 @@ from search_app.grounding import (
     Sources,
     clean_citations,
     is_claim,
+    is_decline,
+    leans_on_previous,
+    repeats,
     strip_citations,
 )
+from search_app.lead import LeadChooser, Quote
 from search_app.metrics import AnswerMetrics
 from search_app.related import parse_candidates, pick_related
 from search_app.store import AnswerRecord, Store
@@ -82,6 +87,9 @@ GroundingPolicy = Literal["strict", "mark", "off"]
 # (collection ids, query, k) -> the best sections of those uploaded collections
 CollectionSearch = Callable[[Sequence[str], str, int], Awaitable[list[SearchResult]]]
 FinishReason = Literal["stop", "length", "timeout"]
+# How an answer whose passages were relevant can still have no sentence of the model's:
+# none passed the check (the quote is the answer), or the model said the sources lack it.
+Outcome = Literal["unverified", "declined"]
 
 
 @dataclass(frozen=True)
@@ -107,6 +115,9 @@ class PipelineOptions:
     # sent and the support event marks them; off: no check.
     grounding: GroundingPolicy = "strict"
     max_unsupported_run: int = 2      # strict: stop generating after this many in a row
+    # the answer opens with the sources' own words (search_app/lead.py); off: the model's
+    # answer alone (a quote is still shown when none of its sentences can be verified)
+    lead: bool = True
     # research mode (search_app/research.py): plan, search each step, one report
     research_steps: int = 4           # most sub-questions in the plan
     research_pages: int = 12          # most pages read over all steps
@@ -130,6 +141,7 @@ class AnswerRequest:
     mode: Literal["quick", "research"] = "quick"  # research: search_app/research.py
     collections: Sequence[str] = ()  # ids of uploaded collections to search too
     web: bool = True                 # False: only the collections, not the provider chain
+    lead: bool | None = None         # None: the pipeline's setting
 
 
 class AnswerPipeline:
@@ -138,7 +150,8 @@ class AnswerPipeline:
                  reader: PageReader | None = None, store: Store | None = None,
                  options: PipelineOptions | None = None,
                  metrics: AnswerMetrics | None = None,
-                 collections: CollectionSearch | None = None) -> None:
+                 collections: CollectionSearch | None = None,
+                 lead: LeadChooser | None = None) -> None:
         self.engine = engine  # a callable: the registry raises until the model is ready
         self.chains = chains
         self.default_provider = default_provider
@@ -149,6 +162,7 @@ class AnswerPipeline:
         self.options = options or PipelineOptions()
         self.metrics = metrics
         self.collections = collections  # uploaded documents (search_app/collections.py)
+        self.lead = lead or LeadChooser(grounder.model)  # the quote an answer opens with
 
     async def run(self, req: AnswerRequest) -> AsyncIterator[AnswerEvent]:
         """The events of one answer; the last is ``done`` or ``error``. The answer is
@@ -265,7 +279,7 @@ class AnswerPipeline:
                 related_task = asyncio.create_task(
                     self._related(engine, req.query, context))
         policy = req.grounding or opts.grounding
-        written = _Written(policy=policy)
+        written = _Written(policy=policy, lead=opts.lead if req.lead is None else req.lead)
         try:
             if packed:
                 request = GenerationRequest(
@@ -274,13 +288,13 @@ class AnswerPipeline:
                     sampling=SamplingOptions(max_tokens=answer_tokens,
                                              temperature=opts.temperature,
                                              repetition_penalty=opts.repetition_penalty))
-                async with contextlib.aclosing(self._write(
+                async with contextlib.aclosing(self.write(  # the quote, then the model
                         engine, request, packed, req.query, len(sources), written,
                         start_related)) as deltas:  # a disconnect closes it: engine abort
                     async for delta in deltas:
                         yield delta
                 fallbacks += written.fallbacks
-            if not written.text.strip():  # gated, or nothing the check let through
+            else:  # gated, or nothing within the filters: the model was not asked
                 written.text = prompts.ABSTAIN_TEXT if docs or not filters.active else \
                     prompts.NO_RESULTS_TEXT.format(filters=filters.describe())
                 yield DeltaEvent(text=written.text)
@@ -305,9 +319,47 @@ class AnswerPipeline:
                            ttft_ms=written.ttft_ms, total_ms=_ms(started),
                            fallbacks=fallbacks)
         unpacked = "no_relevant_sources" if docs or not filters.active else "no_results"
-        yield DoneEvent(finish_reason=written.finish if packed else unpacked,
+        yield DoneEvent(finish_reason=(written.outcome or written.finish) if packed
+                        else unpacked,
                         usage=written.usage, withheld=sum(s.withheld for s in support),
                         stopped_unsupported=written.stopped)
+
+    async def write(self, engine: Engine, request: GenerationRequest,
+                    packed: list[Passage], question: str, n_sources: Sources,
+                    out: _Written, on_sentence: Callable[[], None]
+                    ) -> AsyncIterator[QuoteEvent | DeltaEvent | StageEvent]:
+        """One answer (or research section) from its packed passages: the lead quote
+        (when on), the model's checked sentences (:meth:`_write`), and, when none of
+        them reached the reader, an outcome that says so truthfully: ``unverified`` (the
+        best quote is the answer; the model's words could not be checked against the
+        sources) or ``declined`` (the model said the sources lack the answer). Never
+        "the sources do not cover this": they passed the relevance gate."""
+        if out.lead:
+            async for event in self._quote(question, packed, out):
+                yield event
+        async with contextlib.aclosing(self._write(
+                engine, request, packed, question, n_sources, out, on_sentence)) as deltas:
+            async for delta in deltas:
+                yield delta
+        if out.text.strip() or out.finish == "timeout" or out.repeated:
+            return  # the model's words were shown, cut off, or agreed with the quote
+        out.outcome = "declined" if out.declined else "unverified"
+        if out.quote is None:  # lead off: the best quote is shown now
+            async for event in self._quote(question, packed, out):
+                yield event
+        note = prompts.DECLINED_TEXT if out.declined else prompts.UNVERIFIED_TEXT
+        note = note[out.quote is None]
+        out.notes += note
+        yield DeltaEvent(text=note)
+
+    async def _quote(self, question: str, packed: Sequence[Passage], out: _Written
+                     ) -> AsyncIterator[QuoteEvent | DeltaEvent]:
+        quote = await self.lead.choose(question, packed)
+        if quote is None:
+            return
+        out.quote, out.lead_text = quote, prompts.quote_markdown(quote.text, quote.source)
+        yield QuoteEvent(text=quote.text, source=quote.source, score=quote.score)
+        yield DeltaEvent(text=out.lead_text)
 
     async def _write(self, engine: Engine, request: GenerationRequest,
                      packed: list[Passage], question: str, n_sources: Sources,
@@ -325,10 +377,11 @@ class AnswerPipeline:
         opts, strict = self.options, out.policy == "strict"
         cited, t_gen, run = CitedStream(n_sources), time.perf_counter(), 0
         held = ""  # strict: a list number or bullet, waiting for the claim it introduces
+        leaning_on_withheld = False  # the last claim was withheld: a pronoun after it dangles
 
         async def settle(sentence: str) -> str:
-            """The sentence's text to send now ("" when withheld or held)."""
-            nonlocal run, held
+            """The sentence's text to send now ("" when withheld, dropped or held)."""
+            nonlocal run, held, leaning_on_withheld
             if out.policy == "off" or not is_claim(strip_citations(sentence)):
                 rest = cited.complete(clean_citations(sentence, n_sources))
                 if strict:  # goes out with the next claim, or is dropped with it
@@ -337,12 +390,35 @@ class AnswerPipeline:
                 return rest
             text, checked = await self.grounder.check(sentence, packed, question, n_sources)
             rest = cited.complete(text)
-            if strict and not checked.supported:
-                out.support.append(checked.model_copy(update={"withheld": True}))
-                run, held = run + 1, ""
+            plain = checked.sentence
+            if is_decline(plain):  # "the sources do not say": not the app's to assert
+                out.declined += 1
+                reason: str | None = "declined"
+            elif strict and not checked.supported:
+                reason = "unsupported"
+            elif strict and leaning_on_withheld and leans_on_previous(plain):
+                reason = "leans_on_withheld"  # "He became...", after the name was withheld
+            else:
+                reason = None
+            if reason is not None and strict:
+                out.support.append(checked.model_copy(update={
+                    "withheld": True, "reason": reason,
+                    "supported": checked.supported and reason == "leans_on_withheld"}))
+                # a sentence withheld only for its pronoun is not the model going astray:
+                # it does not count toward the stop
+                run += reason != "leans_on_withheld"
+                held, leaning_on_withheld = "", True
+                return ""
+            if reason == "declined":  # mark: sent as written (it streamed), marked
+                checked = checked.model_copy(update={"supported": False,
+                                                     "reason": "declined"})
+            if out.quote is not None and repeats(plain, out.quote.text):
+                out.repeated += 1  # the lead already says it
+                out.support.append(checked.model_copy(update={"repeats_quote": True}))
+                run, held, leaning_on_withheld = 0, "", False
                 return ""
             out.support.append(checked)
-            run, rest, held = 0, held + rest, ""
+            run, rest, held, leaning_on_withheld = 0, held + rest, "", False
             return rest
 
         async with contextlib.aclosing(engine.generate(request)) as stream:
@@ -437,7 +513,14 @@ class _Written:
     """What :meth:`AnswerPipeline._write` produced, for the events after the answer."""
 
     policy: GroundingPolicy
-    text: str = ""                    # what reached the reader (withheld sentences left out)
+    lead: bool = True                 # open with the quote (search_app/lead.py)
+    text: str = ""                    # the model's words that reached the reader
+    quote: Quote | None = None        # the quote sent (the lead, or the unverified fallback)
+    lead_text: str = ""               # its Markdown block quote, as sent
+    notes: str = ""                   # what the app said when no model sentence was shown
+    outcome: Outcome | None = None    # unverified / declined: no model sentence shown
+    repeated: int = 0                 # model sentences left out as repeats of the quote
+    declined: int = 0                 # model sentences that said the sources lack it
     support: list[SentenceSupport] = field(default_factory=list)
     usage: Usage = field(default_factory=Usage)
     finish: FinishReason = "stop"

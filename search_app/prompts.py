@@ -14,6 +14,9 @@ from serving.engines.base import ChatMessage
 
 __all__ = [
     "ABSTAIN_TEXT",
+    "DECLINED_TEXT",
+    "UNVERIFIED_TEXT",
+    "quote_markdown",
     "NO_RESULTS_TEXT",
     "RESEARCH_GAP_TEXT",
     "ANSWER_SYSTEM",
@@ -46,11 +49,33 @@ _FENCE = re.compile(r"</?\s*sources\s*>", re.IGNORECASE)
 
 # Fixed text, not a model call: the gate exists because tiny models answer confidently
 # from nothing (see docs: "Who won the 2018 World Cup?" with Eiffel Tower sources).
-RESEARCH_GAP_TEXT = "The sources found do not answer this part."
+# Each says only what the app knows (issue 19: "the sources do not cover this" when the
+# gate had passed was itself a false statement about the sources):
+# - the relevance gate found no passage close enough (the model was not asked);
+RESEARCH_GAP_TEXT = "No passage found for this part was close enough to answer it."
 NO_RESULTS_TEXT = ("No results match the search filters ({filters}), so there is nothing "
                    "to answer from. Try a wider time range or other sites.")
-ABSTAIN_TEXT = ("The sources I found do not cover this question, so I cannot answer it "
-                "from them. Try rephrasing it or searching another provider.")
+ABSTAIN_TEXT = ("None of the sources I found is close enough to this question to answer "
+                "it from. Try rephrasing it or searching another provider.")
+# - the passages were relevant, but no sentence the model wrote passed the support
+#   check: (with a quote shown, without one);
+UNVERIFIED_TEXT = (
+    "The model's own answer could not be verified against the sources, so only the "
+    "quoted passage is shown.",
+    "The model's own answer could not be verified against the sources, so it is not "
+    "shown; the sources listed may still answer the question.")
+# - the model said the sources lack the answer (its judgement, not the app's).
+DECLINED_TEXT = (
+    "The model did not write an answer from the sources; the quoted passage is the one "
+    "closest to the question.",
+    "The model did not write an answer from the sources; they may still hold one.")
+
+
+def quote_markdown(text: str, source: int) -> str:
+    """The lead as answer text: a Markdown block quote with its citation, on one line
+    (the passage's own line breaks would end the block quote early)."""
+    return f"> {' '.join(text.split())} [citation:{source}]\n\n"
+
 
 # Related questions, measured on SmolLM2-135M (2026-12-01, 10 on-corpus questions): asked
 # for three with only "a JSON list of strings" constrained, it wrote single words

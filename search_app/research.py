@@ -312,6 +312,7 @@ async def research(pipeline: AnswerPipeline, req: AnswerRequest
     support: list[SentenceSupport] = []
     usage, finish, ttft_ms, stopped = Usage(), "stop", None, False
     report, findings, related = "", [], []
+    outcomes: list[str | None] = []  # per written section: unverified, declined or None
     try:
         if not numbers:  # nothing relevant (or nothing in the filters): say so, once
             report = prompts.NO_RESULTS_TEXT.format(filters=filters.describe()) \
@@ -327,12 +328,13 @@ async def research(pipeline: AnswerPipeline, req: AnswerRequest
             report += heading
             yield DeltaEvent(text=heading)
             yield StageEvent(stage="write", detail=f"{n} of {len(sections)}")
-            written = _Written(policy=policy)
+            written = _Written(policy=policy,
+                               lead=opts.lead if req.lead is None else req.lead)
             if section.passages:
                 notes = "\n".join(f"- {f}" for f in findings) if n == len(sections) else ""
                 request = _section_request(req, section, notes, opts, n)
                 own = {p.source_id for p in section.passages}  # cite only what it saw
-                async with contextlib.aclosing(pipeline._write(
+                async with contextlib.aclosing(pipeline.write(  # quote, then the model
                         engine, request, section.passages, section.question, own,
                         written, lambda: None)) as deltas:
                     async for delta in deltas:
@@ -345,12 +347,14 @@ async def research(pipeline: AnswerPipeline, req: AnswerRequest
                 finish = written.finish if written.finish != "stop" else finish
                 stopped = stopped or written.stopped
                 support += written.support
-            if written.text.strip():
-                findings.append(f"{section.heading} {_plain(written.text)}"[:FINDING_CHARS])
-            else:
-                written.text = prompts.RESEARCH_GAP_TEXT
-                yield DeltaEvent(text=written.text)
-            report += written.text
+                outcomes.append(written.outcome)
+            shown = written.lead_text + written.text  # the quote and the model's words
+            if shown.strip():
+                findings.append(f"{section.heading} {_plain(shown)}"[:FINDING_CHARS])
+            elif not written.notes:  # no passage for this part at all
+                written.notes = prompts.RESEARCH_GAP_TEXT
+                yield DeltaEvent(text=written.notes)
+            report += shown + written.notes
         if req.related and numbers:
             context = prompts.format_context(
                 [(p.source_id, p.title, p.text) for p in sections[-1].passages])
@@ -374,6 +378,8 @@ async def research(pipeline: AnswerPipeline, req: AnswerRequest
         yield DoneEvent(finish_reason="no_results" if filters.active and not docs
                         else "no_relevant_sources", usage=usage)
         return
+    if finish == "stop" and outcomes and all(outcomes):  # no section had model words
+        finish = "declined" if set(outcomes) == {"declined"} else "unverified"
     yield DoneEvent(finish_reason=finish, usage=usage, withheld=withheld,
                     stopped_unsupported=stopped)
 

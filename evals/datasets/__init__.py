@@ -61,6 +61,9 @@ class Question(BaseModel):
     answers: list[str] = Field(default_factory=list)
     gold_urls: list[str] = Field(default_factory=list)
     gold_passage: str | None = None
+    # the corpus sentence(s) that state the answer, copied exactly (the labelled set):
+    # what the lead quote should be (lead hit rate)
+    gold_sentences: list[str] = Field(default_factory=list)
     tags: list[str] = Field(default_factory=list)
 
     @property
@@ -265,12 +268,24 @@ DATASETS: dict[str, tuple[str, Callable[[Path], list[Question]]]] = {
                          lambda root: simpleqa_questions(root, unanswerable=True)),
     "fanoutqa": ("FanOutQA dev, 310 multi-hop questions over Wikipedia (fanoutqa wheel)",
                  lambda root: fanoutqa_questions(root)),
+    "labelled-wiki": ("labelled: 110 everyday questions over the default Wikipedia index "
+                      "with their answering sentences, + 15 off-corpus",
+                      lambda root: labelled({"wikipedia", "offcorpus"})),
+    "labelled-git": ("labelled: 35 git questions with their answering sentences, + 15 "
+                     "off-corpus", lambda root: labelled({"git", "offcorpus"})),
 }
+
+
+def labelled(corpora: set[str]) -> list[Question]:
+    """The labelled set (``labelled.jsonl``; docs/evals.md "The labelled set"): the
+    questions whose first tag (their corpus) is one of ``corpora``."""
+    return [q for q in read_jsonl(HERE / "labelled.jsonl") if q.tags[:1] and
+            q.tags[0] in corpora]
 
 # The corpus each named set is answered from when the harness starts the app itself.
 DEFAULT_CORPUS: dict[str, list[str]] = {
     "dev": ["git"], "python-faq": ["python"], "debian-faq": ["debian-faq"],
-    "simpleqa-abstain": ["git"],
+    "simpleqa-abstain": ["git"], "labelled-git": ["git"],
 }
 
 

@@ -59,6 +59,10 @@ class SearchRequest(SearchControls):
     grounding: Literal["strict", "mark", "off"] | None = Field(
         None, description="Grounding policy for this answer; default: the app's setting "
                           "(strict unless configured otherwise).")
+    lead: bool | None = Field(
+        None, description="Open the answer with the quote from the sources that answers "
+                          "the question (the quote event); default: the app's setting "
+                          "(on unless configured otherwise).")
     collections: list[str] = Field(
         default_factory=list, max_length=10,
         description="Your collections of uploaded documents to search as well "
@@ -103,7 +107,8 @@ async def search(body: SearchRequest, pipeline: PipelineDep, store: StoreDep,
                             sources=body.sources, read_pages=body.read_pages,
                             related=body.related if body.return_related_questions is None
                             else body.return_related_questions,
-                            grounding=body.grounding, filters=body.filters(),
+                            grounding=body.grounding, lead=body.lead,
+                            filters=body.filters(),
                             mode=body.mode, collections=collection_ids, web=body.web)
 
     async def events() -> AsyncIterator[ServerSentEvent]:

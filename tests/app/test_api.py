@@ -9,9 +9,11 @@ import httpx
 import pytest
 
 from search_app.events import event_from_dict
+from search_app.prompts import ABSTAIN_TEXT
 from tests.app.support import ScriptedEngine, make_app, parse_lepton, parse_sse
 
-ORDER = ["search", "stage", "sources", "delta", "related", "support", "timings", "done"]
+ORDER = ["search", "stage", "sources", "quote", "delta", "related", "support", "timings",
+         "done"]
 
 
 def _client(app: object) -> httpx.AsyncClient:
@@ -154,9 +156,10 @@ async def test_relevance_gate_abstains_without_the_model(tmp_path: Path) -> None
     data = dict(events)
     assert data["sources"] == {"sources": [], "provider": "local", "relevant": False}
     answer = "".join(d["text"] for n, d in events if n == "delta")
-    assert "do not cover" in answer and "[citation:" not in answer
+    assert answer == ABSTAIN_TEXT and "[citation:" not in answer
     assert data["done"]["finish_reason"] == "no_relevant_sources"
     assert engine.requests == []
+    assert "quote" not in data  # nothing passed the gate: nothing to quote
 
 
 async def test_lepton_query_protocol_and_replay(tmp_path: Path) -> None:
@@ -175,7 +178,8 @@ async def test_lepton_query_protocol_and_replay(tmp_path: Path) -> None:
         assert sources and all({"name", "url", "snippet"} <= set(s) for s in sources)
         for n in re.findall(r"\[citation:(\d+)\]", answer):
             assert 1 <= int(n) <= len(sources)
-        assert answer.startswith("The Eiffel Tower")
+        quote, _, rest = answer.partition("\n\n")  # the lead, then the model's answer
+        assert quote.startswith("> ") and rest.startswith("The Eiffel Tower")
         assert [set(q) for q in related] == [{"question"}] * 3
         again = await client.post("/query", json={**body, "query": "ignored"})
         assert again.text == response.text
@@ -234,7 +238,7 @@ async def test_export_thread_and_answer_as_markdown(tmp_path: Path) -> None:
         assert single.status_code == 200
         assert single.headers["content-type"] == "text/markdown; charset=utf-8"
         assert single.headers["content-disposition"].startswith("attachment; filename=")
-        assert single.text.startswith("# Who designed the Eiffel Tower?\n\nThe Eiffel Tower")
+        assert single.text.startswith("# Who designed the Eiffel Tower?\n\n> The Eiffel Tower")
         refs, defs = _footnotes(single.text)
         assert refs and set(refs) == set(defs) == {"1"}
         assert defs["1"] == "[Eiffel Tower](https://en.wikipedia.org/wiki/Eiffel_Tower)"

@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from search_app.prompts import ABSTAIN_TEXT
 from tests.app.support import parse_lepton, parse_sse
 from tests.conftest import needs_llama_cpp
 from tests.support.server import ROOT, ServerProcess, run_server
@@ -81,7 +82,7 @@ def test_off_corpus_question_hits_the_relevance_gate(app_server: ServerProcess) 
     data = dict(events)
     assert data["sources"]["relevant"] is False and data["sources"]["sources"] == []
     answer = "".join(d["text"] for n, d in events if n == "delta")
-    assert "do not cover" in answer and "[citation:" not in answer
+    assert answer == ABSTAIN_TEXT and "[citation:" not in answer
     assert data["done"]["finish_reason"] == "no_relevant_sources"
 
 

@@ -16,7 +16,7 @@ import pytest
 
 from search_app.events import DeltaEvent, DoneEvent, SupportEvent, TimingsEvent
 from search_app.pipeline import AnswerRequest, PipelineOptions
-from search_app.prompts import ABSTAIN_TEXT
+from search_app.prompts import ABSTAIN_TEXT, UNVERIFIED_TEXT
 from search_app.store import Store
 from tests.app.support import ScriptedEngine, make_app, make_pipeline, parse_lepton, parse_sse
 
@@ -26,11 +26,13 @@ SUPPORTED = ["The Eiffel", " Tower was", " designed by", " the company of", " Gu
 
 
 async def _events(engine: ScriptedEngine, *, grounding: str | None = None,
-                  options: PipelineOptions | None = None, store: Store | None = None
-                  ) -> list:
+                  options: PipelineOptions | None = None, store: Store | None = None,
+                  lead: bool = False) -> list:
+    """The model's sentences under each policy; the lead quote (tests/app/test_lead.py)
+    is off unless asked for, so the text is the model's alone."""
     pipeline = make_pipeline(engine, store, options=options)
     request = AnswerRequest(query="Who designed the Eiffel Tower?", related=False,
-                            grounding=grounding)  # type: ignore[arg-type]
+                            grounding=grounding, lead=lead)  # type: ignore[arg-type]
     return [e async for e in pipeline.run(request)]
 
 
@@ -89,9 +91,14 @@ async def test_strict_stops_after_two_unsupported_sentences_in_a_row() -> None:
     assert any("unsupported" in f for f in _of(events, TimingsEvent).fallbacks)
 
 
-async def test_strict_with_nothing_supported_answers_the_abstain_text() -> None:
+async def test_strict_with_nothing_supported_says_so_truthfully() -> None:
+    """The sources passed the gate: the app never says they do not cover the question;
+    it shows the best quote and says the model's words could not be verified."""
     events = await _events(ScriptedEngine([f"{MOON}."]))
-    assert _text(events) == ABSTAIN_TEXT
+    text = _text(events)
+    assert ABSTAIN_TEXT not in text and MOON not in text
+    assert text.startswith("> ") and text.endswith(UNVERIFIED_TEXT[0])
+    assert _of(events, DoneEvent).finish_reason == "unverified"
     assert _of(events, SupportEvent).withheld == 1
     sources = [e for e in events if e.name == "sources"][0].sources
     assert sources  # the sources are still shown

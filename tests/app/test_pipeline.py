@@ -23,7 +23,9 @@ async def test_disconnect_aborts_generation_and_stores_nothing(tmp_path: Path) -
                             delay_s=0.01)
     store = Store(tmp_path / "s.sqlite")
     pipeline = make_pipeline(engine, store)
-    request = AnswerRequest(query="What is the capital of France?", grounding="mark")
+    # lead off: the first delta is then the model's (the quote comes before generation)
+    request = AnswerRequest(query="What is the capital of France?", grounding="mark",
+                            lead=False)
     stream = pipeline.run(request)
     async for event in stream:
         if isinstance(event, DeltaEvent):

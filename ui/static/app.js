@@ -92,7 +92,7 @@
   function newTurn(query, opts = {}) {
     const node = els.tpl.content.firstElementChild.cloneNode(true);
     const turn = {
-      query, node, text: '', sources: [], unsupported: [], related: [], searchId: null,
+      query, node, text: '', sources: [], unsupported: [], quotes: [], related: [], searchId: null,
       threadId: null, askThread: opts.askThread === undefined ? state.threadId : opts.askThread,
       provider: opts.provider || null, finished: false, ctl: null, timers: [],
     };
@@ -116,7 +116,7 @@
   }
 
   function resetTurn(turn) {
-    Object.assign(turn, { text: '', sources: [], unsupported: [], related: [], finished: false,
+    Object.assign(turn, { text: '', sources: [], unsupported: [], quotes: [], related: [], finished: false,
       stopped: false, dropped: false, failed: false, searchId: null, sourcesSeen: false });
     clearTimers(turn);
     turn.stage.classList.remove('idle');
@@ -180,6 +180,7 @@
     turn.answerBox.hidden = false;
     const md = turn.text.replace(CITE, '\uE000$1\uE001');
     const frag = window.DOMPurify.sanitize(window.marked.parse(md), PURIFY);
+    markQuotes(frag, turn);
     addChips(frag, turn);
     markUnsupported(frag, turn);
     patch(turn.answer, frag);
@@ -229,6 +230,19 @@
   }
 
   const plain = (s) => s.replace(CITE, '').replace(/[*_`#>]/g, '').replace(/\s+/g, ' ').trim();
+
+  // The lead (quote events): the block quotes that hold a source's own words are marked
+  // as such, so the reader tells them from the model's sentences that follow.
+  function markQuotes(root, turn) {
+    if (!turn.quotes.length) return;
+    const heads = turn.quotes.map((q) => plain(q.text).slice(0, 40));
+    for (const bq of root.querySelectorAll('blockquote')) {
+      const text = plain(bq.textContent.replace(/[\uE000\uE001]/g, ' '));
+      if (!heads.some((h) => h && text.startsWith(h))) continue;
+      bq.classList.add('lead');
+      bq.prepend(el('span', 'lead-label', 'From the sources'));
+    }
+  }
 
   function markUnsupported(root, turn) {
     for (const sentence of turn.unsupported) {
@@ -339,6 +353,7 @@
         renderSources(turn, data);
         setStage(turn, 'Writing the answer…');
         break;
+      case 'quote': turn.quotes.push(data); break;
       case 'delta':
         if (!turn.text) setStage(turn, 'Writing the answer…');
         turn.text += data.text;
