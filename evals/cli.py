@@ -105,6 +105,8 @@ def corpus_command(packages: str, strip_questions: bool, pages: str | None, serv
 @eval_group.command("run")
 @click.option("--dataset", required=True, help="A named dataset or a JSONL file.")
 @click.option("--limit", type=click.IntRange(min=1), help="Only the first N questions.")
+@click.option("--sample", type=click.IntRange(min=1), help="Only N questions, evenly "
+              "spaced over the set (the same N every time: a fixed, spread subset).")
 @click.option("--concurrency", type=click.IntRange(1, 64), default=2, show_default=True)
 @click.option("--base-url", help="A running app; without it the harness starts one over "
               "the dataset's docs corpus and stops it after.")
@@ -141,7 +143,8 @@ def corpus_command(packages: str, strip_questions: bool, pages: str | None, serv
 @_support_options
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @_root
-def run_command(dataset: str, limit: int | None, concurrency: int, base_url: str | None,
+def run_command(dataset: str, limit: int | None, sample: int | None, concurrency: int,
+                base_url: str | None,
                 api_key: str | None, run_id: str | None, corpus: str | None,
                 strip_questions: bool, pages: str | None, serve_args: tuple[str, ...],
                 provider: str | None, sources: int | None, related: bool, mode: str,
@@ -159,6 +162,8 @@ def run_command(dataset: str, limit: int | None, concurrency: int, base_url: str
         raise _fail(str(exc)) from None
     if limit:
         questions = questions[:limit]
+    if sample and sample < len(questions):
+        questions = [questions[i * len(questions) // sample] for i in range(sample)]
     _judge_complete(support, judge_url, judge_model)
     label = dataset_label(dataset)
     run_id = run_id or f"{label}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
@@ -468,3 +473,42 @@ def compare_command(run_a: str, run_b: str, out: Path | None, root: Path) -> Non
     target = out or b / f"compare-{a.name}"
     click.echo(compare_runs(a, b, target))
     click.echo(f"report: {target / 'compare.html'}", err=True)
+
+
+SHIPPED_PAIRS = Path(__file__).resolve().parent / "datasets" / "support_pairs.jsonl"
+
+
+@eval_group.group("pairs")
+def pairs_group() -> None:
+    """Support pairs labelled by careful reading, and the support check scored on them."""
+
+
+@pairs_group.command("extract")
+@click.argument("runs", nargs=-1, required=True)
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="JSONL of unlabelled pairs (labels are added by a reader).")
+@_root
+def pairs_extract_command(runs: tuple[str, ...], out: Path, root: Path) -> None:
+    """Every sentence of RUNS' answers with the passages it was checked against."""
+    from evals.pairs import pairs_from_run, write_pairs
+
+    pairs = [p for run in runs for p in pairs_from_run(_run_dir(root, run))]
+    write_pairs(out, pairs)
+    click.echo(f"{len(pairs)} pairs -> {out}")
+
+
+@pairs_group.command("score")
+@click.option("--pairs", "path", type=click.Path(path_type=Path, exists=True,
+                                                 dir_okay=False),
+              default=SHIPPED_PAIRS, show_default=True, help="Labelled pairs (JSONL).")
+@click.option("--data-dir", type=click.Path(path_type=Path), default=Path("data"),
+              show_default=True, help="Where the embedding model's cache lives.")
+def pairs_score_command(path: Path, data_dir: Path) -> None:
+    """Precision and recall of "shown as supported" for the check's variants."""
+    from evals.pairs import VARIANTS, markdown, read_pairs, score_variants
+    from retrieval.index import load_model
+
+    pairs = read_pairs(path)
+    if not any(p.label for p in pairs):
+        raise _fail(f"{path} has no labelled pair")
+    click.echo(markdown(score_variants(pairs, load_model(data_dir), VARIANTS)))

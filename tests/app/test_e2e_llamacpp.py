@@ -240,6 +240,8 @@ def test_python_client_and_ask_cli(app_server: ServerProcess) -> None:
     shown = ask("Where is Timbuktu?", "--no-related")
     assert shown.returncode == 0, shown.stderr
     assert "Sources" in shown.stdout and "[1] Timbuktu" in shown.stdout
+    # the lead: said where it is from, then the quote as a "> " line
+    assert re.search(r"quoted from source \[\d+\]:\n> \S", shown.stdout), shown.stdout
     assert "--thread " in shown.stdout
     unknown = ask("x", "--thread", "no-such-thread")
     assert unknown.returncode == 1 and unknown.stderr.count("\n") == 1

@@ -123,8 +123,10 @@ class FixedLead(LeadChooser):
         self.quote = quote
 
     async def choose(self, question: str, passages: Sequence[Passage]) -> Quote | None:
-        assert passages and passages[0].source_id == 1  # numbered as the model sees them
-        return self.quote
+        """The quote, cited to the best passage it is given (numbered as the model
+        sees them: 1 in a quick answer, the report's numbers in a research section)."""
+        assert passages
+        return self.quote and Quote(self.quote.text, passages[0].source_id, 0.9)
 
 
 async def _events(tokens: list[str], *, lead: bool | None = None, quoted: bool = True,
@@ -249,3 +251,19 @@ def test_the_lead_is_a_setting_and_on_by_default() -> None:
     assert Settings().lead is True and Settings().pipeline_options().lead is True
     assert Settings(lead=False).pipeline_options().lead is False
     assert PipelineOptions().lead is True
+
+
+async def test_research_sections_open_with_their_quote_and_never_say_not_covered() -> None:
+    from tests.app.test_research import Planner
+
+    pipeline = make_pipeline(Planner(tokens=["Bananas grow on the Moon."]), None)
+    pipeline.lead = FixedLead()
+    events = [e async for e in pipeline.run(AnswerRequest(
+        query="Who designed the Eiffel Tower and what is the capital of France?",
+        mode="research", related=False))]
+    text = _text(events)
+    sections = [e for e in events if isinstance(e, QuoteEvent)]
+    assert len(sections) == text.count("## ") == 3  # two steps and the conclusion
+    assert text.count(UNVERIFIED_TEXT[0]) == 3 and "Bananas" not in text
+    assert ABSTAIN_TEXT not in text
+    assert _one(events, DoneEvent).finish_reason == "unverified"

@@ -42,7 +42,10 @@ async def test_search_returns_ranked_passages_with_urls(tmp_path: Path) -> None:
 
 
 async def test_ask_answers_with_sources_and_progress(tmp_path: Path) -> None:
+    from tests.app.test_lead import LEAD, FixedLead
+
     app, store = make_app(tmp_path, ScriptedEngine())
+    app.state.answer.pipeline.lead = FixedLead()
     progress: list[tuple[float, float | None, str | None]] = []
 
     async def on_progress(value: float, total: float | None, message: str | None) -> None:
@@ -53,9 +56,11 @@ async def test_ask_answers_with_sources_and_progress(tmp_path: Path) -> None:
                                         progress_callback=on_progress)
     assert not result.is_error, result.content
     data = result.structured_content
-    assert "Gustave Eiffel[1]" in data["answer"] and "[citation:" not in data["answer"]
+    assert "Gustave Eiffel" in data["answer"] and "[citation:" not in data["answer"]
     assert data["sources"][0] == {"number": 1, "title": "Eiffel Tower",
                                   "url": "https://en.wikipedia.org/wiki/Eiffel_Tower"}
+    assert data["quote"] == {"text": LEAD, "source": 1}  # the lead, the answer's first line
+    assert data["answer"].startswith(f"> {LEAD} [1]")
     text = result.content[0].text
     assert text.startswith(data["answer"]) and \
         "[1] Eiffel Tower - https://en.wikipedia.org/wiki/Eiffel_Tower" in text

@@ -174,6 +174,12 @@ def test_ask_sources_then_streamed_answer_with_chips(page: Any, context: Any,
     assert "Eiffel Tower" in turn.locator(".card-title").all_inner_texts()
     text = turn.locator(".answer").inner_text()
     assert len(text) > 20 and "[citation:" not in text
+    # The lead: the sources' own words open the answer, labelled and cited.
+    lead = turn.locator(".answer blockquote.lead")
+    assert lead.count() == 1 and lead.locator(".lead-label").inner_text() == \
+        "From the sources"
+    assert lead.locator("a.cite").count() == 1
+    quote = lead.inner_text().removeprefix("From the sources").strip()
     timings = turn.locator(".timings").inner_text()
     assert "first token" in timings and "total" in timings
     assert turn.locator(".stage").is_hidden()  # no spinner left behind
@@ -197,7 +203,7 @@ def test_ask_sources_then_streamed_answer_with_chips(page: Any, context: Any,
     turn.locator("[data-act=copy]").click()
     copied = page.evaluate("navigator.clipboard.readText()")
     assert "Sources:\n[1] " in copied and "[citation:" not in copied
-    assert copied.startswith(turn.locator(".answer").inner_text().split("[")[0].strip()[:20])
+    assert copied.startswith(f"> {quote[:20]}")  # the quote, as a Markdown block quote
 
 
 def _check_chip(page: Any, context: Any, turn: Any) -> None:
