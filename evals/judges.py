@@ -4,7 +4,7 @@ Two support checks answer "does this evidence support this sentence?":
 
 - ``embedding`` (default, runs in CI): the app's own grounding check
   (:meth:`search_app.grounding.Grounder.check`): MiniLM cosine between the sentence and
-  the evidence (whole passages and their sentences) >= 0.55, and no number or
+  the evidence (whole passages and their sentences) >= 0.8, and no number or
   capitalised name in the sentence that the evidence (or the question) lacks. Cheap and
   deterministic, but a screen, not entailment: it catches invented names and numbers and
   off-topic sentences, not a false claim made of the evidence's own words. Scoring the

@@ -28,21 +28,26 @@ from pydantic import BaseModel, Field
 from evals.runner import read_results
 
 __all__ = ["VARIANTS", "CheckScore", "Evidence", "Pair", "pairs_from_run", "read_pairs",
-           "score_check", "score_variants", "write_pairs"]
+           "score_check", "score_variants", "shown_quality", "write_pairs"]
 
 Label = Literal["yes", "partial", "no"]
 
 # The support check's variants measured (Grounder settings; docs/evals.md "The check").
 VARIANTS: dict[str, dict[str, object]] = {
-    "cosine 0.55, names/numbers in the checked passages": {},
-    "cosine 0.55, names/numbers in the best passage": {"detail_scope": "best"},
-    "... + 60% of content words there": {"detail_scope": "best", "min_coverage": 0.6},
-    "... + 75% of content words there": {"detail_scope": "best", "min_coverage": 0.75},
-    "... + 90% of content words there": {"detail_scope": "best", "min_coverage": 0.9},
-    "cosine 0.65, names/numbers in the best passage": {"detail_scope": "best",
-                                                       "support_threshold": 0.65},
-    "cosine 0.75, names/numbers in the best passage": {"detail_scope": "best",
-                                                       "support_threshold": 0.75},
+    "cosine 0.55, names/numbers in the checked passages (before)": {
+        "support_threshold": 0.55, "detail_scope": "checked"},
+    "cosine 0.55, names/numbers in the best passage": {
+        "support_threshold": 0.55, "detail_scope": "best"},
+    "... + 60% of content words there": {
+        "support_threshold": 0.55, "detail_scope": "best", "min_coverage": 0.6},
+    "cosine 0.7, names/numbers in the best passage": {
+        "support_threshold": 0.7, "detail_scope": "best"},
+    "cosine 0.75, names/numbers in the best passage": {
+        "support_threshold": 0.75, "detail_scope": "best"},
+    "cosine 0.8, names/numbers in the best passage (now)": {
+        "support_threshold": 0.8, "detail_scope": "best"},
+    "cosine 0.85, names/numbers in the best passage": {
+        "support_threshold": 0.85, "detail_scope": "best"},
 }
 
 
@@ -61,6 +66,8 @@ class Pair(BaseModel):
                                      "its cited sources, or every source when it cites "
                                      "none (the app's rule).")
     app_supported: bool | None = Field(None, description="The app's check in the run.")
+    shown: bool | None = Field(None, description="Whether the reader saw it in that run "
+                               "(not withheld, not left out as a repeat of the quote).")
     model: str = ""
     run: str = ""
     label: Label | None = None
@@ -88,7 +95,8 @@ def pairs_from_run(run_dir: Path) -> list[Pair]:
             out.append(Pair(id=f"{r.id}.{n}", question=r.question, sentence=s["sentence"],
                             cited=cited, evidence=evidence,
                             app_supported=bool(s.get("supported")), model=model,
-                            run=run_dir.name))
+                            run=run_dir.name, shown=not s.get("withheld")
+                            and not s.get("repeats_quote")))
     return out
 
 
@@ -160,6 +168,18 @@ def score_variants(pairs: Sequence[Pair], model: object,
         grounder = Grounder(model, **settings)  # type: ignore[arg-type]
         scores.append(score_check(name, pairs, asyncio.run(check_verdicts(pairs, grounder))))
     return scores
+
+
+def shown_quality(pairs: Sequence[Pair], quotes: int = 0) -> dict[str, float | int | None]:
+    """What readers saw in a run, by the labels: the share of shown model sentences with
+    a wrong or unsupported detail (labelled partial or no), alone and counting the
+    run's ``quotes`` (the sources' own words: supported by construction)."""
+    shown = [p.label for p in pairs if p.shown and p.label]
+    wrong = sum(label != "yes" for label in shown)
+    return {"shown_sentences": len(shown), "quotes": quotes,
+            "wrong_detail_shown": round(wrong / len(shown), 3) if shown else None,
+            "wrong_detail_shown_with_quotes": round(wrong / (len(shown) + quotes), 3)
+            if shown or quotes else None}
 
 
 def markdown(scores: Sequence[CheckScore]) -> str:

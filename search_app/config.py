@@ -198,7 +198,7 @@ class Settings(BaseSettings):
                           "for sources whose sentences do not stand alone "
                           "(docs/search-api.md#the-lead).")
     support_threshold: float = Field(
-        0.55, ge=-1, le=1, description="MiniLM cosine a sentence needs to its sources to "
+        0.8, ge=-1, le=1, description="MiniLM cosine a sentence needs to its sources to "
                                        "count as supported.")
     rank_timeout_s: float = Field(10.0, gt=0, description="Ranking budget per question.")
     first_token_timeout_s: float = Field(30.0, gt=0,

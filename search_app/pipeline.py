@@ -412,8 +412,8 @@ class AnswerPipeline:
             if reason == "declined":  # mark: sent as written (it streamed), marked
                 checked = checked.model_copy(update={"supported": False,
                                                      "reason": "declined"})
-            if out.quote is not None and repeats(plain, out.quote.text):
-                out.repeated += 1  # the lead already says it
+            if strict and out.quote is not None and repeats(plain, out.quote.text):
+                out.repeated += 1  # the lead already says it (mark has streamed it)
                 out.support.append(checked.model_copy(update={"repeats_quote": True}))
                 run, held, leaning_on_withheld = 0, "", False
                 return ""

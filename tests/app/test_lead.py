@@ -267,3 +267,12 @@ async def test_research_sections_open_with_their_quote_and_never_say_not_covered
     assert text.count(UNVERIFIED_TEXT[0]) == 3 and "Bananas" not in text
     assert ABSTAIN_TEXT not in text
     assert _one(events, DoneEvent).finish_reason == "unverified"
+
+
+async def test_mark_keeps_a_repeat_whole_it_has_streamed() -> None:
+    repeat = "The Eiffel Tower was designed by the company of Gustave Eiffel[citation:1]."
+    events = await _events([repeat, " Paris is the capital of France[citation:2]."],
+                           grounding="mark")
+    text = _text(events)
+    assert f"{repeat} Paris is the capital" in text  # nothing cut out of what streamed
+    assert not any(s.repeats_quote for s in _one(events, SupportEvent).sentences)

@@ -163,6 +163,17 @@ def test_sentence_splitter_and_citations() -> None:
     assert rewrite_query("When?", [("Eiffel Tower?", "A tower.")]) == "Eiffel Tower? When?"
 
 
+def test_the_splitter_does_not_end_a_sentence_at_an_initial_or_abbreviation() -> None:
+    """"The first president ... was John F." and "Kennedy ..." were two sentences: the
+    first was checked, cited and shown on its own."""
+    splitter = SentenceSplitter()
+    out = splitter.feed("It was John F. Kennedy in 1961. Mr. Smith met Dr. Jones on St. "
+                        "Mark's Square. It is No. 5 on the list. Next")
+    assert out == ["It was John F. Kennedy in 1961. ",
+                   "Mr. Smith met Dr. Jones on St. Mark's Square. ",
+                   "It is No. 5 on the list. "]
+
+
 def test_store_round_trip(tmp_path: Path) -> None:
     store = Store(tmp_path / "s.sqlite")
     assert store._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
