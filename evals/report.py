@@ -29,7 +29,7 @@ METRIC_GROUPS: dict[str, list[str]] = {
     "citations": ["citation_recall", "citation_precision", "sentences_supported"],
     "abstention": ["abstention", "false_abstention"],
     "lead": ["lead_hit", "quoted"],
-    "extras": ["cut_off", "related_ge2", "withheld_sentences"],
+    "extras": ["cut_off", "related_ge2", "withheld_sentences", "dangling_shown"],
 }
 LATENCY_STAGES = ["search_ms", "read_ms", "rank_ms", "ttft_ms", "first_text_ms",
                   "total_ms", "wall_ms"]

@@ -139,17 +139,20 @@ def abstained(answer: str, finish_reason: str | None) -> bool:
 
 def answer_sentences(answer: str) -> list[tuple[str, list[int]]]:
     """(sentence without citations, cited numbers), split the way the app splits. A
-    research report's headings and its "not covered" lines are the app's own words, not
-    claims about the sources: they are left out."""
+    research report's headings, its "not covered" lines and the notes of an answer whose
+    model words could not be verified are the app's own words, not claims about the
+    sources: they are left out (the quote before them is a claim, and is kept)."""
     from search_app.grounding import SentenceSplitter, citations, is_claim, strip_citations
-    from search_app.prompts import RESEARCH_GAP_TEXT
+    from search_app.prompts import DECLINED_TEXT, RESEARCH_GAP_TEXT, UNVERIFIED_TEXT
 
-    answer = _HEADING.sub("", answer).replace(RESEARCH_GAP_TEXT, "")
+    answer = _HEADING.sub("", answer)
+    for note in (RESEARCH_GAP_TEXT, *UNVERIFIED_TEXT, *DECLINED_TEXT):  # the app's words
+        answer = answer.replace(note, "")
     splitter = SentenceSplitter()
     parts = [*splitter.feed(answer), splitter.flush()]
     out = []
     for part in parts:
-        plain = strip_citations(part)
+        plain = strip_citations(part).removeprefix("> ")  # the quote's block quote mark
         if is_claim(plain):  # the app's own rule: list numbers are not claims
             out.append((plain, citations(part)))
     return out
@@ -214,6 +217,7 @@ class Scorer:
             out["quoted"] = float(bool(r.quotes))
         if not failed and not did_abstain:
             out["withheld_sentences"] = float(r.withheld)
+            out["dangling_shown"] = float(dangling_shown(r.app_support))
             if self.related:  # the run asked for them: did at least two appear?
                 out["related_ge2"] = float(len(r.related) >= 2)
         if generated and self.support is not None and r.answer.strip():
@@ -240,6 +244,20 @@ class Scorer:
             out["tokens_per_s"] = tokens / (gen_ms / 1000) if gen_ms > 50 and tokens > 0 \
                 else None
         r.metrics = out
+
+
+def dangling_shown(support: Sequence[dict[str, Any]]) -> int:
+    """Shown sentences that open with a pronoun right after a withheld sentence: what a
+    strict answer must not have (it would read as if "He" were the quote's subject)."""
+    from search_app.grounding import leans_on_previous
+
+    count, previous_withheld = 0, False
+    for s in support:
+        shown = not s.get("withheld") and not s.get("repeats_quote")
+        if shown and previous_withheld and leans_on_previous(str(s.get("sentence", ""))):
+            count += 1
+        previous_withheld = bool(s.get("withheld"))
+    return count
 
 
 def _norm(text: str) -> str:

@@ -45,6 +45,7 @@ import numpy as np
 
 from retrieval.embeddings import EmbeddingModel
 from retrieval.types import Passage
+from search_app.grounding import leans_on_previous
 
 __all__ = ["LEAD_MIN_SCORE", "LeadChooser", "Quote", "answer_type", "candidate_sentences",
            "split_sentences"]
@@ -60,7 +61,6 @@ NOT_NEW = -0.25          # says nothing the question does not
 NOT_THE_SUPERLATIVE = -0.15  # "the fourth-brightest star" for "the brightest star"
 RANK_STEP = -0.03        # per place below the first passage
 
-_PRONOUN = re.compile(r"^(?:He|She|It|They|This|These|Those|His|Her|Its|Their|Him|Them)\b")
 _YEAR = re.compile(r"\b(?:1[0-9]{3}|20[0-9]{2}|[0-9]{1,2}(?:st|nd|rd|th) century|"
                    r"(?:January|February|March|April|May|June|July|August|September|"
                    r"October|November|December)\b|BC\b|BCE\b|AD\b)")
@@ -107,8 +107,8 @@ def answer_type(question: str) -> str | None:
 @lru_cache(maxsize=4096)
 def split_sentences(text: str) -> tuple[str, ...]:
     """``text``'s sentences, each as written but for its whitespace (runs of spaces and
-    line breaks are one space). Cached: the local
-    index's passages recur from question to question, and pysbd is ~5 ms a passage."""
+    line breaks are one space). Cached: the local index's passages recur from question
+    to question, and pysbd takes ~3-5 ms a passage."""
     import pysbd  # a pure-Python rule set; imported on first use, not at start-up
 
     out: list[str] = []
@@ -163,7 +163,7 @@ class LeadChooser:
             return None
         best, score = scored[0]
         text = best.text
-        if best.before and _PRONOUN.match(text):  # name what "It" is: the one before
+        if best.before and leans_on_previous(text):  # name what "It" is: the one before
             text = f"{best.before} {text}"
         return Quote(text=text, source=best.source, score=round(score, 4))
 

@@ -123,3 +123,20 @@ def test_the_scorer_reports_the_lead(tmp_path: Path) -> None:
     assert r.metrics["lead_hit"] == 1.0 and r.metrics["quoted"] == 1.0
     assert r.metrics["abstained"] == 0.0 and r.metrics["answer_contains"] == 1.0
     json.dumps(r.metrics)
+
+
+def test_a_shown_pronoun_after_a_withheld_sentence_is_counted() -> None:
+    from evals.runner import dangling_shown
+
+    support = [{"sentence": "Armstrong walked first.", "withheld": True},
+               {"sentence": "He became the first American on the Moon.", "withheld": False},
+               {"sentence": "It was 1969.", "withheld": False}]
+    assert dangling_shown(support) == 1  # "It" follows a shown sentence
+    assert dangling_shown([{**s, "withheld": True} for s in support[:2]]) == 0
+
+
+def test_the_apps_own_notes_are_not_claims() -> None:
+    from evals.runner import answer_sentences
+
+    answer = (f"> Titan is the largest moon of Saturn. [citation:2]\n\n{UNVERIFIED_TEXT[0]}")
+    assert answer_sentences(answer) == [("Titan is the largest moon of Saturn.", [2])]

@@ -59,10 +59,10 @@ def test_smoke_eval_on_the_dev_set(artifacts_dir: Path) -> None:
     assert summary["questions"] == 20 and summary["answered"] == 20, summary["errors"]
     metrics = summary["metrics"]
     for name, value in metrics.items():
-        if name == "tokens_per_s":
-            continue
+        if name in ("tokens_per_s", "lead_hit", "quoted"):  # the lead's metrics need
+            continue  # gold sentences: the labelled set (tests/evals/test_labelled.py)
         assert value["n"] > 0, f"{name} was not computed"
-        if name != "withheld_sentences":  # a count per answer, not a share
+        if name not in ("withheld_sentences", "dangling_shown"):  # counts per answer
             assert 0.0 <= value["mean"] <= 1.0, (name, value)
     assert metrics["related_ge2"]["mean"] >= 0.9, metrics["related_ge2"]
     assert metrics["recall@5_page"]["mean"] >= RECALL5_PAGE_FLOOR, metrics["recall@5_page"]
