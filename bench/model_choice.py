@@ -31,6 +31,7 @@ from bench.procs import free_port, serve_process
 RESULTS = Path(__file__).resolve().parent / "results"
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ["smollm2-135m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"]
+LABELS = ROOT / "evals" / "datasets" / "shown_labels.jsonl"
 
 
 def _run(model: str, lead: bool, sample: int, data_dir: Path, eval_root: Path) -> str:
@@ -82,23 +83,54 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=ROOT / "data")
     parser.add_argument("--eval-root", type=Path, default=ROOT / "data" / "evals")
     parser.add_argument("--leads", default="on,off")
+    parser.add_argument("--labels", type=Path, default=LABELS,
+                        help="Reader labels of the runs' shown sentences (id RUN:QID.N).")
+    parser.add_argument("--report-only", action="store_true",
+                        help="Only add the labels to the stored rows and print the table.")
     args = parser.parse_args()
     out = RESULTS / "model_choice.json"
     rows = json.loads(out.read_text()) if out.is_file() else {}
-    for model in args.models.split(","):
+    for model in [] if args.report_only else args.models.split(","):
         for lead in (x == "on" for x in args.leads.split(",")):
             run_id = _run(model, lead, args.sample, args.data_dir, args.eval_root)
             rows[run_id] = {"model": model, "lead": lead, "sample": args.sample,
                             **_summary(args.eval_root / "runs" / run_id)}
             RESULTS.mkdir(exist_ok=True)
             out.write_text(json.dumps(rows, indent=2) + "\n")
-    print("| model | lead | answer contains gold | false abstention | off-corpus "
-          "abstention | first text p50 | whole answer p50 |\n|---|---|---|---|---|---|---|")
+    if args.labels.is_file():
+        for run_id, row in rows.items():
+            row.update(_shown(args.eval_root / "runs" / run_id, args.labels))
+        out.write_text(json.dumps(rows, indent=2) + "\n")
+    print("| model | lead | answer contains gold | false abstention | first text p50 | "
+          "whole answer p50 | model sentences shown (labelled wrong) | wrong detail shown, "
+          "quotes counted |\n|---|---|---|---|---|---|---|---|")
     for row in rows.values():
         print(f"| {row['model']} | {'on' if row['lead'] else 'off'} | "
-              f"{row['answer_contains']} | {row['false_abstention']} | "
-              f"{row['abstention_off_corpus']} | {row['first_text_p50_s']} s | "
-              f"{row['total_p50_s']} s |")
+              f"{_f(row['answer_contains'])} | {_f(row['false_abstention'])} | "
+              f"{row['first_text_p50_s']} s | {row['total_p50_s']} s | "
+              f"{row.get('shown_sentences', '-')} ({row.get('shown_wrong', '-')}) | "
+              f"{_f(row.get('wrong_detail_shown_with_quotes'))} |")
+
+
+def _shown(run_dir: Path, labels_path: Path) -> dict[str, object]:
+    """The run's shown model sentences with the readers' labels, and its quotes."""
+    from evals.pairs import pairs_from_run, shown_quality
+    from evals.runner import read_results
+
+    labels = {json.loads(line)["id"]: json.loads(line)["label"]
+              for line in labels_path.read_text().splitlines() if line.strip()}
+    pairs = [p for p in pairs_from_run(run_dir) if p.shown]
+    for p in pairs:
+        p.label = labels.get(f"{run_dir.name}:{p.id}")
+    quotes = sum(bool(r.quotes) for r in read_results(run_dir / "results.jsonl"))
+    quality = shown_quality(pairs, quotes)
+    quality["shown_wrong"] = sum(p.label not in (None, "yes") for p in pairs)
+    quality["unlabelled_shown"] = sum(p.label is None for p in pairs)
+    return quality
+
+
+def _f(x: object) -> str:
+    return "-" if x is None else f"{x:.2f}" if isinstance(x, float) else str(x)
 
 
 if __name__ == "__main__":
