@@ -50,7 +50,8 @@ def test_answer_stream_store_and_follow_up(app_server: ServerProcess) -> None:
     names = [n for n, _ in events]
     assert names[:3] == ["search", "stage", "sources"] and names[-4:] == [
         "related", "support", "timings", "done"], names
-    assert set(names[3:-4]) == {"delta"}
+    assert names[3] == "quote" and set(names[4:-4]) == {"delta"}  # the lead, then text
+    assert events[4][1]["text"].startswith(f"> {events[3][1]['text']} [citation:")
     data = dict(events)
     sources = data["sources"]["sources"]
     assert data["sources"]["relevant"] and "Eiffel Tower" in [s["title"] for s in sources]
