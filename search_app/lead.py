@@ -137,7 +137,6 @@ class Candidate:
     title: str      # its passage's title: "It was designed..." is about the title
     source: int
     rank: int       # the passage's place among the candidates' passages (0: best)
-    index: int      # the sentence's place in its passage
     before: str     # the sentence before it ("" for the first)
 
 
@@ -194,7 +193,7 @@ def candidate_sentences(passages: Sequence[Passage]) -> list[Candidate]:
         sentences = split_sentences(p.text)
         for i, sentence in enumerate(sentences):
             if MIN_CHARS <= len(sentence) <= MAX_CHARS and not sentence.endswith(":"):
-                out.append(Candidate(sentence, p.title, p.source_id, rank, i,
+                out.append(Candidate(sentence, p.title, p.source_id, rank,
                                      sentences[i - 1] if i else ""))
     return out
 
